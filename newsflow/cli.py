@@ -1,0 +1,250 @@
+"""The ``newsflow`` command: poll, demo, sql, feeds list."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EX_TEMPFAIL = 75  # sysexits: try again later (the warehouse is busy)
+
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _quiet_prefect() -> None:
+    """Prefect's defaults are chatty for a command-line run; explicit settings win."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _jsonable(value):
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def print_rows(columns: list[str], rows: list[tuple], fmt: str, title: str | None = None) -> None:
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+        sys.stdout.write(buf.getvalue())
+    elif fmt == "json":
+        sys.stdout.write(
+            json.dumps([dict(zip(columns, map(_jsonable, r), strict=True)) for r in rows], indent=2)
+        )
+        sys.stdout.write("\n")
+    else:
+        table = Table(title=title, show_lines=False)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+        console.print(f"[dim]{len(rows)} row(s)[/dim]")
+
+
+def print_summary(result: dict, elapsed: float) -> None:
+    table = Table(title="Run summary", show_header=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key not in ("failures", "run_id"):
+            table.add_row(key.replace("_", " "), str(value))
+    table.add_row("wall time", f"{elapsed:.1f} s")
+    console.print(table)
+    failures = result.get("failures") or []
+    if failures:
+        ft = Table(title=f"Failures ({len(failures)}, recorded in fetch_log)")
+        for c in ("kind", "url", "error class", "error"):
+            ft.add_column(c, overflow="fold")
+        for f in failures[:100]:
+            ft.add_row(f["kind"], f["url"], f["error_class"] or "", (f["error"] or "")[:160])
+        console.print(ft)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    from flows.poll import poll_flow
+
+    if args.feeds and not args.feeds.exists():
+        err.print(f"[red]newsflow poll: no feed list at {args.feeds}[/red]")
+        return 2
+    started = time.monotonic()
+    state = poll_flow(
+        feeds_file=str(args.feeds) if args.feeds else None,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        return_state=True,
+    )
+    return _finish(state, started)
+
+
+def _finish(state, started: float) -> int:
+    """Print a flow run's summary, or why it did not complete, and choose the exit code."""
+    from flows.poll import BUSY_STATE
+
+    if state.name == BUSY_STATE:
+        err.print(f"[yellow]newsflow: {state.message}[/yellow]")
+        return EX_TEMPFAIL
+    if not state.is_completed():
+        err.print(f"[red]newsflow: the run ended in state {state.name}: {state.message}[/red]")
+        return 1
+    print_summary(state.result(), time.monotonic() - started)
+    return 0
+
+
+DEMO_QUERY = """SELECT left(a.title, 60) AS title, a.author, CAST(a.published_at AS DATE) AS published,
+       a.language, a.text_chars, d.title IS NOT NULL AS is_copy, a.duplicate_reason
+FROM articles a LEFT JOIN articles d ON d.article_id = a.duplicate_of
+ORDER BY a.published_at, a.title"""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    from newsflow.demo import DEMO_FEEDS, demo_site
+
+    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="newsflow-demo-"))
+    if (data_dir / "newsflow.duckdb").exists():
+        err.print(
+            f"[red]newsflow demo: {data_dir} already holds a warehouse; the demo wants a fresh one[/red]"
+        )
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The demo site lives on loopback: allow it, and skip the politeness delay for our own server.
+    os.environ["NEWSFLOW_ALLOW_PRIVATE_NETWORKS"] = "1"
+    os.environ.setdefault("NEWSFLOW_HOST_MIN_DELAY", "0.05")
+    started = time.monotonic()
+    with demo_site(port=args.port) as site:
+        feeds_file = data_dir / "demo-feeds.toml"
+        feeds_file.write_text(
+            "".join(
+                f'[[feeds]]\nurl = "{site.url(path)}"\nname = "{name}"\ntags = ["demo"]\n\n'
+                for path, name in DEMO_FEEDS
+            )
+        )
+        console.print(f"[bold]Demo site[/bold] The Harbour Gazette on {site.base_url} (loopback only)")
+        console.print(f"[bold]Warehouse[/bold] {data_dir}")
+        from flows.poll import poll_flow
+
+        state = poll_flow(feeds_file=str(feeds_file), data_dir=str(data_dir), return_state=True)
+    code = _finish(state, started)
+    if code:
+        return code
+
+    from warehouse.queries import run_query
+
+    console.print("\n[bold]Example query[/bold]")
+    console.print(f"[cyan]{DEMO_QUERY}[/cyan]")
+    columns, rows, _ = run_query(data_dir, DEMO_QUERY)
+    print_rows(columns, rows, "table")
+    example = "SELECT title, left(text, 200) FROM articles"
+    console.print(f'\nTry: newsflow sql --data-dir {data_dir} "{example}"')
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from warehouse.queries import run_query
+
+    data_dir = Path(args.data_dir or os.environ.get("NEWSFLOW_DATA_DIR") or "data")
+    sql = args.query if args.query != "-" else sys.stdin.read()
+    try:
+        columns, rows, source = run_query(data_dir, sql)
+    except FileNotFoundError as exc:
+        err.print(f"[red]newsflow sql: {exc}[/red]")
+        return 2
+    except duckdb.Error as exc:
+        err.print(f"[red]newsflow sql: {exc}[/red]")
+        return 1
+    if source == "parquet":
+        err.print("[dim]a writer holds the DuckDB file: answered from the Parquet files[/dim]")
+    print_rows(columns, rows, args.format)
+    return 0
+
+
+def cmd_feeds_list(args: argparse.Namespace) -> int:
+    from tasks.feeds import load_feed_list
+
+    path = Path(args.feeds or os.environ.get("NEWSFLOW_FEEDS_FILE") or "feeds.toml")
+    specs = load_feed_list(path)
+    print_rows(["url", "name", "tags"], [(s.url, s.name, list(s.tags)) for s in specs], args.format)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="newsflow", description="News feeds into a queryable warehouse.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("poll", help="poll every feed once into the warehouse")
+    p.add_argument("--feeds", type=Path, help="feed list (default: feeds.toml, or NEWSFLOW_FEEDS_FILE)")
+    p.add_argument(
+        "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
+    )
+    p.set_defaults(func=cmd_poll)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on a bundled loopback news site")
+    p.add_argument("--data-dir", type=Path, help="where to put the demo warehouse (default: a new temp dir)")
+    p.add_argument("--port", type=int, default=0, help="port of the demo site (default: any free port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sql", help="run a SQL query against the warehouse")
+    p.add_argument("query", help="the SQL text, or - to read it from standard input")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("feeds", help="the feed list")
+    feeds_sub = p.add_subparsers(dest="feeds_command", required=True)
+    q = feeds_sub.add_parser("list", help="list the feeds in feeds.toml")
+    q.add_argument("--feeds", type=Path)
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=cmd_feeds_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

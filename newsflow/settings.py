@@ -1,0 +1,72 @@
+"""The one settings object. Built once per run (CLI command or flow run) and passed down.
+
+Every field can be set from the environment with the ``NEWSFLOW_`` prefix, e.g.
+``NEWSFLOW_DATA_DIR=/srv/news`` or ``NEWSFLOW_ALLOW_PRIVATE_NETWORKS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from newsflow import __version__
+
+DEFAULT_USER_AGENT = f"newsflow/{__version__} (+https://github.com/newsflow/newsflow; news archiving bot)"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEWSFLOW_", frozen=True, extra="ignore")
+
+    # Where things are
+    data_dir: Path = Path("data")
+    feeds_file: Path = Path("feeds.toml")
+
+    # Network safety
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow loopback, private, link-local, CGNAT and unique-local addresses "
+        "(tests, the demo, intranets). Off by default: such addresses are refused on every hop.",
+    )
+    user_agent: str = DEFAULT_USER_AGENT
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    request_deadline: float = 45.0  # total wall time for one request, redirects included
+    max_feed_bytes: int = 15 * 1024 * 1024  # decoded body cap for feed documents
+    max_page_bytes: int = 10 * 1024 * 1024  # decoded body cap for article pages
+    max_redirects: int = 5
+    retries: int = 2  # extra attempts on transient failures only
+    retry_backoff: float = 1.0  # seconds, doubled at each attempt
+    retry_after_cap: float = 60.0  # never wait longer than this inside one run
+
+    # Politeness
+    host_concurrency: int = Field(2, ge=1, le=2)
+    host_min_delay: float = 1.0  # seconds between the starts of two requests to one host
+    global_concurrency: int = 32
+
+    # Work sizes
+    max_entries_per_feed: int = 200  # new entries taken from one feed per run; the rest next run
+    batch_size: int = 200  # pages fetched, extracted and loaded per transaction
+    extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+
+    # Warehouse writer lock
+    lock_timeout: float = 900.0  # seconds a second writer waits before giving up cleanly
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "newsflow.duckdb"
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.data_dir / "parquet"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+
+def build_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit (non-None) overrides on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,238 @@
+"""Dedup: exact identity of articles — canonical URL, feed GUID, hash of the normalised text.
+
+Plain functions over plain data: the warehouse answers "which of these keys do you know?", this
+module decides, in a fixed order, which article is an original and which is a duplicate of what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from courlan import normalize_url
+
+from tasks.parse import FeedEntry
+
+# Parameters that identify a campaign or a click, never the article. courlan strips most of
+# these already; this list makes the rule explicit and covers the ones it keeps.
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid",
+        "mc_cid", "mc_eid", "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok", "oly_anon_id", "oly_enc_id",
+        "vero_id", "wickedid", "ocid", "cmpid", "ncid", "smid", "sr_share", "ref_src", "ref_url",
+        "rss", "from_rss", "taid", "soc_src", "soc_trk", "s_cid", "spm",
+    }
+)  # fmt: skip
+TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "hsa_", "at_")
+
+
+def canonicalize_url(url: str | None) -> str | None:
+    """The form of a URL used as its identity: courlan normalisation (scheme and host lowercased,
+    default port dropped, query sorted), tracking parameters and the fragment removed."""
+    if not url:
+        return None
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return None
+        normalized = normalize_url(url)
+        parts = urlsplit(normalized)
+    except (ValueError, AttributeError):
+        return None
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k.lower() not in TRACKING_PARAMS and not k.lower().startswith(TRACKING_PREFIXES)
+    ]
+    path = _remove_dot_segments(parts.path) or "/"
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(sorted(query), doseq=True), ""))
+
+
+def _remove_dot_segments(path: str) -> str:
+    if "." not in path:
+        return path
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if len(out) > 1:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    result = "/".join(out)
+    if path.endswith(("/.", "/..")):
+        result += "/"
+    return result
+
+
+def registrable_host(host: str) -> str:
+    """Approximate registrable domain: the last two labels (three under a two-letter
+    second-level such as co.uk). Used only to decide whether to trust a page's canonical link."""
+    labels = host.lower().strip(".").split(".")
+    if (
+        len(labels) >= 3
+        and len(labels[-1]) == 2
+        and labels[-2] in {"co", "com", "org", "net", "ac", "gov", "edu"}
+    ):
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def trusted_canonical(page_url: str | None, final_url: str) -> str | None:
+    """A page's ``<link rel=canonical>`` is honoured when it stays on the same site: a hostile
+    page must not be able to claim another outlet's article as its own."""
+    canonical = canonicalize_url(page_url)
+    if canonical is None:
+        return None
+    a = urlsplit(canonical).hostname or ""
+    b = urlsplit(final_url).hostname or ""
+    return canonical if registrable_host(a) == registrable_host(b) else None
+
+
+_WORD = re.compile(r"\w+")
+
+
+def normalize_text(text: str) -> str:
+    """Case, Unicode form, punctuation and whitespace removed: what stays is the words."""
+    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
+
+
+def content_hash(text: str | None) -> str | None:
+    if not text:
+        return None
+    normalized = normalize_text(text)
+    if not normalized:
+        return None
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def article_id_for(url_key: str) -> str:
+    return hashlib.sha256(url_key.encode("utf-8")).hexdigest()[:20]
+
+
+def entry_key_for(feed_url: str, identity: str) -> str:
+    return hashlib.sha256(f"{feed_url}\n{identity}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class DedupCandidate:
+    article_id: str
+    canonical_url: str | None
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class DedupDecision:
+    article_id: str
+    duplicate_of: str | None
+    reason: str | None  # "canonical_url" | "content_hash" | None for an original
+
+
+def decide_duplicates(
+    candidates: Iterable[DedupCandidate],
+    known_canonical: Mapping[str, str],
+    known_hash: Mapping[str, str],
+) -> list[DedupDecision]:
+    """Mark each candidate original or duplicate, in the given order.
+
+    ``known_*`` map keys already in the warehouse to the original article they belong to.
+    Within the batch, the first candidate with a key is the original for the ones after it.
+    """
+    by_canonical = dict(known_canonical)
+    by_hash = dict(known_hash)
+    decisions: list[DedupDecision] = []
+    for c in candidates:
+        original: str | None = None
+        reason: str | None = None
+        if c.canonical_url and by_canonical.get(c.canonical_url, c.article_id) != c.article_id:
+            original, reason = by_canonical[c.canonical_url], "canonical_url"
+        elif c.content_hash and by_hash.get(c.content_hash, c.article_id) != c.article_id:
+            original, reason = by_hash[c.content_hash], "content_hash"
+        root = original or c.article_id
+        if c.canonical_url:
+            by_canonical.setdefault(c.canonical_url, root)
+        if c.content_hash:
+            by_hash.setdefault(c.content_hash, root)
+        decisions.append(DedupDecision(c.article_id, original, reason))
+    return decisions
+
+
+# --------------------------------------------------------------------------- before fetching
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    entry_key: str
+    feed_url: str
+    entry: FeedEntry
+    link_key: str | None
+
+
+@dataclass(frozen=True)
+class PageJob:
+    """One page to fetch, and every new entry (from any feed) that links to it."""
+
+    article_id: str
+    url: str  # the link exactly as the first entry gave it
+    url_key: str
+    entries: tuple[PlannedEntry, ...]
+
+
+@dataclass(frozen=True)
+class EntryPlan:
+    pages: list[PageJob]
+    known: list[tuple[PlannedEntry, str]]  # entries whose link is already stored -> that article
+    no_link: list[PlannedEntry]
+    skipped_over_limit: int  # new entries left for the next run (max_entries_per_feed)
+
+
+def keyed_entries(feeds: Iterable[tuple[str, Iterable[FeedEntry]]]) -> list[PlannedEntry]:
+    """Every entry of the parsed feeds with its entry key and the canonical form of its link."""
+    planned: list[PlannedEntry] = []
+    for feed_url, entries in feeds:
+        seen_here: set[str] = set()
+        for entry in entries:
+            key = entry_key_for(feed_url, entry.identity)
+            if key in seen_here:  # a feed listing one GUID twice
+                continue
+            seen_here.add(key)
+            planned.append(PlannedEntry(key, feed_url, entry, canonicalize_url(entry.link)))
+    return planned
+
+
+def plan_entries(
+    candidates: list[PlannedEntry],
+    seen_entry_keys: set[str],
+    known_urls: Mapping[str, str],
+    max_per_feed: int,
+) -> EntryPlan:
+    """Which new entries need a page fetched: never one already stored, never one twice."""
+    per_feed: dict[str, int] = {}
+    pages: dict[str, list[PlannedEntry]] = {}
+    first_url: dict[str, str] = {}
+    known: list[tuple[PlannedEntry, str]] = []
+    no_link: list[PlannedEntry] = []
+    skipped = 0
+    for p in candidates:
+        if p.entry_key in seen_entry_keys:
+            continue
+        if per_feed.get(p.feed_url, 0) >= max_per_feed:
+            skipped += 1
+            continue
+        per_feed[p.feed_url] = per_feed.get(p.feed_url, 0) + 1
+        if p.link_key is None:
+            no_link.append(p)
+        elif p.link_key in known_urls:
+            known.append((p, known_urls[p.link_key]))
+        else:
+            pages.setdefault(p.link_key, []).append(p)
+            first_url.setdefault(p.link_key, p.entry.link or p.link_key)
+    jobs = [
+        PageJob(article_id=article_id_for(key), url=first_url[key], url_key=key, entries=tuple(entries))
+        for key, entries in pages.items()
+    ]
+    return EntryPlan(pages=jobs, known=known, no_link=no_link, skipped_over_limit=skipped)

@@ -1,0 +1,576 @@
+"""Fetch: the one guarded HTTP client every byte of newsflow comes through.
+
+Nothing else fetches: feedparser and trafilatura are handed the bytes this module returns.
+
+What it guarantees, per request:
+- only http and https, on the first URL and on every redirect hop (at most ``max_redirects``);
+- the host is resolved here, every resolved address is checked (not global -> refused unless
+  ``allow_private_networks``; IPv4-mapped / NAT64 / 6to4 forms are unwrapped first), and the
+  connection goes to the checked address: there is no second lookup that could answer differently;
+- connect and read timeouts, and a total deadline for the whole request, redirects included;
+- gzip / deflate / brotli decoded here, streamed, with a cap on the *decoded* size;
+- retries with exponential backoff and jitter on transient failures only (connect errors,
+  429/502/503/504, Retry-After honoured up to a cap);
+- politeness: at most ``host_concurrency`` requests in flight per host and at least
+  ``host_min_delay`` seconds between the starts of two requests to one host.
+
+Failures never raise out of :func:`fetch_all`: each comes back as a :class:`FetchResult` with an
+``error_class`` (see :data:`ERROR_CLASSES`) and a message, ready for ``fetch_log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import brotli
+import httpcore
+import httpx
+
+from newsflow.settings import Settings
+
+ERROR_CLASSES = (
+    "bad_url",  # not parseable, or no host
+    "bad_scheme",  # anything but http/https, first URL or redirect
+    "blocked_address",  # resolves to a non-global address while private networks are not allowed
+    "dns",  # name does not resolve
+    "connect",  # refused, reset, unreachable
+    "tls",  # certificate or handshake failure (never retried without verification)
+    "timeout",  # connect/read timeout or the total deadline
+    "too_large",  # decoded body over the cap, or a declared Content-Length over it
+    "too_many_redirects",
+    "decoding",  # broken gzip/deflate/brotli stream
+    "protocol",  # malformed HTTP
+    "http_4xx",
+    "http_5xx",
+    "http_other",
+)
+
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_READ_CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """A failure with a class for ``fetch_log``; ``transient`` ones may be retried."""
+
+    def __init__(self, error_class: str, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.error_class = error_class
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    url: str
+    max_bytes: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    url: str  # as requested
+    final_url: str  # after redirects
+    status: int | None
+    headers: tuple[tuple[str, str], ...]  # response headers of the final hop, as received
+    body: bytes | None  # decoded (Content-Encoding removed); None on failure and on 304
+    fetched_at: datetime
+    elapsed_ms: int
+    redirects: tuple[str, ...] = ()
+    error_class: str | None = None
+    error_message: str | None = None
+    remote_address: str | None = None
+    http_version: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None and self.status is not None and 200 <= self.status < 300
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def _unwrap(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address hidden inside IPv4-mapped, NAT64 (64:ff9b::/96) and 6to4 IPv6 forms."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _NAT64 or ip in _NAT64_LOCAL:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+    return ip
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def address_allowed(address: str, allow_private: bool) -> bool:
+    """Whether newsflow may connect to this (resolved) address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    inner = _unwrap(ip)  # for embedded IPv4 forms, the embedded address decides
+    if inner.is_multicast or inner.is_unspecified:
+        return False
+    return inner.is_global or allow_private
+
+
+async def resolve_checked(host: str, port: int, allow_private: bool) -> str:
+    """Resolve ``host`` and return one address to connect to, after checking *all* of them.
+
+    A name that resolves to any forbidden address is refused whole: a mix of public and private
+    answers is how DNS-rebinding attacks look.
+    """
+    try:
+        infos = await anyio.to_thread.run_sync(
+            lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        )
+    except socket.gaierror as exc:
+        raise FetchError("dns", f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses:
+        raise FetchError("dns", f"{host!r} resolved to no address")
+    refused = [a for a in addresses if not address_allowed(a, allow_private)]
+    if refused:
+        raise FetchError(
+            "blocked_address",
+            f"{host!r} resolves to non-global address {refused[0]} "
+            "(set NEWSFLOW_ALLOW_PRIVATE_NETWORKS=1 to allow private networks)",
+        )
+    # Prefer IPv4: loopback test servers and most news sites listen there.
+    addresses.sort(key=lambda a: ":" in a)
+    return addresses[0]
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """httpcore backend that resolves, checks, and connects to the checked address itself.
+
+    TLS still verifies the certificate against the URL's host name (httpcore passes the
+    server_hostname separately), so pinning the address changes nothing for TLS.
+    """
+
+    def __init__(self, allow_private: bool):
+        self._inner = httpcore.AnyIOBackend()
+        self._allow_private = allow_private
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        address = await resolve_checked(host, port, self._allow_private)
+        return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
+        raise FetchError("bad_scheme", "unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, settings: Settings):
+        limits = httpx.Limits(max_connections=settings.global_concurrency, max_keepalive_connections=64)
+        super().__init__(limits=limits, verify=True, trust_env=False, retries=0)
+        # httpx gives no hook for the network backend: rebuild its pool with ours.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=True, trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=GuardedNetworkBackend(settings.allow_private_networks),
+        )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class BoundedDecoder:
+    """Streams gzip / deflate / brotli / identity, refusing output past ``limit`` bytes.
+
+    Decoding is bounded per step (max_length / output_buffer_limit), so a compression bomb is
+    stopped after ``limit`` bytes whatever its ratio.
+    """
+
+    def __init__(self, content_encoding: str | None, limit: int):
+        self.limit = limit
+        self.size = 0
+        self._parts: list[bytes] = []
+        encodings = [e.strip().lower() for e in (content_encoding or "").split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
+        if len(encodings) > 1:
+            raise FetchError("decoding", f"stacked content encodings not supported: {content_encoding}")
+        self.encoding = encodings[0] if encodings else None
+        if self.encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self.encoding == "deflate":
+            self._z = None  # decided on the first bytes: zlib-wrapped or raw
+        elif self.encoding == "br":
+            self._br = brotli.Decompressor()
+        elif self.encoding is not None:
+            raise FetchError("decoding", f"unsupported content encoding {self.encoding!r}")
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            raise FetchError("too_large", f"decoded body exceeds {self.limit} bytes")
+        self._parts.append(data)
+
+    def _zlib_feed(self, data: bytes) -> None:
+        z = self._z
+        room = self.limit - self.size + 1
+        out = z.decompress(data, room)
+        self._emit(out)
+        while z.unconsumed_tail:
+            room = self.limit - self.size + 1
+            self._emit(z.decompress(z.unconsumed_tail, room))
+
+    def feed(self, data: bytes) -> None:
+        try:
+            if self.encoding is None:
+                self._emit(data)
+            elif self.encoding == "br":
+                out = self._br.process(data, output_buffer_limit=_READ_CHUNK)
+                self._emit(out)
+                while not self._br.can_accept_more_data():
+                    self._emit(self._br.process(b"", output_buffer_limit=_READ_CHUNK))
+            else:
+                if self._z is None:  # deflate: zlib header or raw deflate
+                    raw = not (
+                        len(data) >= 2 and (data[0] & 0x0F) == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+                    )
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+                self._zlib_feed(data)
+        except (zlib.error, brotli.error) as exc:
+            raise FetchError("decoding", f"broken {self.encoding} stream: {exc}") from exc
+
+    def finish(self) -> bytes:
+        if self.encoding in ("gzip", "x-gzip", "deflate") and self._z is not None:
+            try:
+                self._emit(self._z.flush())
+            except zlib.error as exc:
+                raise FetchError("decoding", f"broken {self.encoding} stream: {exc}") from exc
+        return b"".join(self._parts)
+
+
+# --------------------------------------------------------------------------- politeness
+
+
+@dataclass
+class _HostSlot:
+    semaphore: asyncio.Semaphore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_start: float = 0.0
+
+
+class HostLimiter:
+    """Per-host concurrency and minimum spacing between request starts, for one run."""
+
+    def __init__(self, concurrency: int, min_delay: float):
+        self.concurrency = concurrency
+        self.min_delay = min_delay
+        self._slots: dict[str, _HostSlot] = {}
+
+    def _slot(self, host: str) -> _HostSlot:
+        slot = self._slots.get(host)
+        if slot is None:
+            slot = self._slots[host] = _HostSlot(asyncio.Semaphore(self.concurrency))
+        return slot
+
+    async def __call__(self, host: str):
+        slot = self._slot(host)
+        await slot.semaphore.acquire()
+        try:
+            async with slot.lock:
+                wait = slot.next_start - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                slot.next_start = time.monotonic() + self.min_delay
+        except BaseException:
+            slot.semaphore.release()
+            raise
+        return slot.semaphore
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def _check_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except Exception as exc:  # httpx raises InvalidURL and a few others on garbage
+        raise FetchError("bad_url", f"invalid URL {url!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError("bad_scheme", f"scheme {parsed.scheme or '(none)'!r} is not allowed: {url[:200]}")
+    if not parsed.host:
+        raise FetchError("bad_url", f"URL has no host: {url[:200]}")
+    return parsed
+
+
+def _host_key(url: httpx.URL) -> str:
+    return f"{url.host.lower()}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+def _classify_transport_error(exc: Exception) -> FetchError:
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        if isinstance(cur, FetchError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in chain) or "CERTIFICATE_VERIFY" in str(
+        exc
+    ):
+        return FetchError("tls", f"TLS failure: {exc}")
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return FetchError("timeout", f"timed out: {exc.__class__.__name__} {exc}".strip())
+    if isinstance(exc, httpx.ConnectError):
+        return FetchError("connect", f"connection failed: {exc}", transient=True)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+        return FetchError(
+            "protocol", f"HTTP protocol error: {exc}", transient=isinstance(exc, httpx.RemoteProtocolError)
+        )
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return FetchError("connect", f"connection broken: {exc}", transient=True)
+    if isinstance(exc, httpx.DecodingError):
+        return FetchError("decoding", str(exc))
+    if isinstance(exc, httpx.InvalidURL):
+        return FetchError("bad_url", str(exc))
+    return FetchError("protocol", f"{exc.__class__.__name__}: {exc}")
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: a delta (``120``) or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class Fetcher:
+    """One run's client: connection pool, host limiter and global concurrency."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.limiter = HostLimiter(settings.host_concurrency, settings.host_min_delay)
+        self.global_slots = asyncio.Semaphore(settings.global_concurrency)
+        self.client = httpx.AsyncClient(
+            transport=GuardedTransport(settings),
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.request_deadline,
+            ),
+            headers={
+                "User-Agent": settings.user_agent,
+                "Accept-Encoding": "gzip, deflate, br",
+            },
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _one_hop(self, url: httpx.URL, request: FetchRequest, headers: dict[str, str]):
+        semaphore = await self.limiter(_host_key(url))
+        try:
+            async with self.client.stream("GET", url, headers=headers) as response:
+                declared = response.headers.get("content-length")
+                if response.status_code in REDIRECT_STATUSES or response.status_code == 304:
+                    return response, b""
+                if declared and declared.isdigit() and int(declared) > request.max_bytes:
+                    raise FetchError(
+                        "too_large", f"Content-Length {declared} exceeds {request.max_bytes} bytes"
+                    )
+                decoder = BoundedDecoder(response.headers.get("content-encoding"), request.max_bytes)
+                async for chunk in response.aiter_raw(_READ_CHUNK):
+                    decoder.feed(chunk)
+                body = decoder.finish()
+                return response, body
+        finally:
+            semaphore.release()
+
+    async def _attempt(self, request: FetchRequest) -> tuple[httpx.Response, bytes, list[str], str]:
+        url = _check_url(request.url)
+        redirects: list[str] = []
+        headers = {"Accept": _accept_for(request)}
+        if request.etag:
+            headers["If-None-Match"] = request.etag
+        if request.last_modified:
+            headers["If-Modified-Since"] = request.last_modified
+        while True:
+            response, body = await self._one_hop(url, request, headers)
+            if response.status_code not in REDIRECT_STATUSES:
+                return response, body, redirects, str(url)
+            location = response.headers.get("location")
+            if not location:
+                return response, body, redirects, str(url)
+            if len(redirects) >= self.settings.max_redirects:
+                raise FetchError(
+                    "too_many_redirects",
+                    f"more than {self.settings.max_redirects} redirects (last: {location[:200]})",
+                )
+            next_url = urljoin(str(url), location.strip())
+            if next_url in redirects or next_url == request.url:
+                raise FetchError("too_many_redirects", f"redirect loop at {next_url[:200]}")
+            redirects.append(next_url)
+            url = _check_url(next_url)
+            # Validators belong to the first URL; do not send them to another resource.
+            headers = {"Accept": headers["Accept"]}
+
+    async def fetch(self, request: FetchRequest) -> FetchResult:
+        started = time.monotonic()
+        fetched_at = datetime.now(UTC)
+        attempts = 0
+        error: FetchError | None = None
+        async with self.global_slots:
+            while True:
+                attempts += 1
+                remaining = self.settings.request_deadline - (time.monotonic() - started)
+                try:
+                    if remaining <= 0:
+                        raise FetchError(
+                            "timeout", f"request deadline of {self.settings.request_deadline}s exceeded"
+                        )
+                    with anyio.fail_after(remaining):
+                        response, body, redirects, final_url = await self._attempt(request)
+                except FetchError as exc:
+                    error = exc
+                except TimeoutError:
+                    error = FetchError(
+                        "timeout", f"request deadline of {self.settings.request_deadline}s exceeded"
+                    )
+                except Exception as exc:  # everything the transport can throw, classified
+                    error = _classify_transport_error(exc)
+                else:
+                    status = response.status_code
+                    result_kwargs = dict(
+                        url=request.url,
+                        final_url=final_url,
+                        status=status,
+                        headers=tuple((k, v) for k, v in response.headers.multi_items()),
+                        fetched_at=fetched_at,
+                        redirects=tuple(redirects),
+                        http_version=response.http_version,
+                    )
+                    if 200 <= status < 300 or status == 304:
+                        return FetchResult(
+                            body=body if status != 304 else None,
+                            elapsed_ms=int((time.monotonic() - started) * 1000),
+                            attempts=attempts,
+                            **result_kwargs,
+                        )
+                    error = FetchError(
+                        "http_4xx" if 400 <= status < 500 else "http_5xx" if status >= 500 else "http_other",
+                        f"HTTP {status} {response.reason_phrase}".strip(),
+                        transient=status in TRANSIENT_STATUSES,
+                    )
+                    wait = self._retry_wait(attempts, response.headers.get("retry-after"))
+                    if error.transient and attempts <= self.settings.retries and wait is not None:
+                        await asyncio.sleep(wait)
+                        continue
+                    return FetchResult(
+                        body=None,
+                        elapsed_ms=int((time.monotonic() - started) * 1000),
+                        error_class=error.error_class,
+                        error_message=error.args[0],
+                        attempts=attempts,
+                        **result_kwargs,
+                    )
+                wait = self._retry_wait(attempts, None)
+                if error.transient and attempts <= self.settings.retries and wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
+                return FetchResult(
+                    url=request.url,
+                    final_url=request.url,
+                    status=None,
+                    headers=(),
+                    body=None,
+                    fetched_at=fetched_at,
+                    elapsed_ms=int((time.monotonic() - started) * 1000),
+                    error_class=error.error_class,
+                    error_message=str(error.args[0])[:1000],
+                    attempts=attempts,
+                )
+
+    def _retry_wait(self, attempts: int, retry_after: str | None) -> float | None:
+        """Seconds before the next attempt, or None when waiting is not worth it."""
+        backoff = self.settings.retry_backoff * (2 ** (attempts - 1))
+        backoff *= 0.5 + random.random()  # jitter
+        server_says = retry_after_seconds(retry_after)
+        if server_says is not None:
+            if server_says > self.settings.retry_after_cap:
+                return None
+            backoff = max(backoff, server_says)
+        return backoff
+
+
+def _accept_for(request: FetchRequest) -> str:
+    return (
+        "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, "
+        "text/xml;q=0.9, application/json;q=0.8, text/html;q=0.7, */*;q=0.5"
+    )
+
+
+async def fetch_all_async(requests: Sequence[FetchRequest], settings: Settings) -> list[FetchResult]:
+    fetcher = Fetcher(settings)
+    try:
+        return list(await asyncio.gather(*(fetcher.fetch(r) for r in requests)))
+    finally:
+        await fetcher.aclose()
+
+
+def fetch_all(requests: Iterable[FetchRequest], settings: Settings) -> list[FetchResult]:
+    """Fetch every request politely and concurrently; results in the order of the requests."""
+    requests = list(requests)
+    if not requests:
+        return []
+    return asyncio.run(fetch_all_async(requests, settings))
+
+
+def host_of(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""

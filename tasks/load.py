@@ -1,0 +1,352 @@
+"""Load: turn one batch of fetched, extracted, deduplicated pages into warehouse rows.
+
+The raw bytes go to the WARC archive first, then the rows of entries, articles and fetch_log go
+in as one transaction (``Warehouse.load_batch``), then out as Parquet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+
+from tasks.dedup import (
+    DedupCandidate,
+    DedupDecision,
+    PageJob,
+    PlannedEntry,
+    canonicalize_url,
+    content_hash,
+    decide_duplicates,
+    trusted_canonical,
+)
+from tasks.extract import EXTRACTOR_NAME, EXTRACTOR_OPTIONS_JSON, Extracted, extractor_version
+from tasks.fetch import FetchResult
+from tasks.parse import FeedOutcome
+from warehouse.raw_archive import RawArchiveWriter, raw_path_for
+
+# A page that failed this way is tried again next run; any other failure is final for its entries.
+TRANSIENT_PAGE_ERRORS = frozenset({"timeout", "connect", "dns", "http_5xx", "protocol"})
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    flow: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _seq: itertools.count = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    @classmethod
+    def new(cls, flow: str, run_id: str | None = None) -> RunContext:
+        return cls(run_id=run_id or uuid.uuid4().hex, flow=flow)
+
+    def next_batch_id(self) -> str:
+        """Unique and sortable: start time, run, sequence number."""
+        return f"{self.started_at:%Y%m%dT%H%M%S}-{self.run_id[:8]}-{next(self._seq):04d}"
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    feeds_polled: int = 0
+    feeds_not_modified: int = 0
+    feeds_failed: int = 0
+    new_entries: int = 0
+    entries_left_for_next_run: int = 0
+    pages_fetched: int = 0
+    pages_failed: int = 0
+    articles_extracted: int = 0
+    duplicates: int = 0
+    failures: list[dict] = field(default_factory=list)  # url, kind, error_class, message
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}
+
+    def add_failure(self, kind: str, url: str, error_class: str | None, message: str | None) -> None:
+        self.failures.append({"kind": kind, "url": url, "error_class": error_class, "error": message})
+
+
+# --------------------------------------------------------------------------- dedup of fetched pages
+
+
+@dataclass(frozen=True)
+class PageArticle:
+    job: PageJob
+    result: FetchResult
+    extracted: Extracted | None
+    canonical_url: str | None
+    content_hash: str | None
+    decision: DedupDecision | None = None
+
+
+def identify_pages(
+    jobs: Sequence[PageJob], results: Sequence[FetchResult], extracted: Sequence[Extracted | None]
+):
+    """Canonical URL and text hash of each successfully fetched page (the dedup keys)."""
+    pages = []
+    for job, result, ex in zip(jobs, results, extracted, strict=True):
+        if not result.ok:
+            pages.append(PageArticle(job, result, None, None, None))
+            continue
+        canonical = (ex and trusted_canonical(ex.page_url, result.final_url)) or canonicalize_url(
+            result.final_url
+        )
+        pages.append(PageArticle(job, result, ex, canonical, content_hash(ex.text if ex else None)))
+    return pages
+
+
+def dedup_pages(
+    pages: Sequence[PageArticle], known_canonical: Mapping[str, str], known_hash: Mapping[str, str]
+):
+    fetched = [p for p in pages if p.result.ok]
+    decisions = decide_duplicates(
+        [DedupCandidate(p.job.article_id, p.canonical_url, p.content_hash) for p in fetched],
+        known_canonical,
+        known_hash,
+    )
+    by_id = {d.article_id: d for d in decisions}
+    return [
+        PageArticle(
+            p.job, p.result, p.extracted, p.canonical_url, p.content_hash, by_id.get(p.job.article_id)
+        )
+        for p in pages
+    ]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _published(entry_dt: datetime | None, page_date: str | None) -> datetime | None:
+    if entry_dt is not None:
+        return entry_dt
+    if page_date:
+        try:
+            return datetime.combine(date.fromisoformat(page_date[:10]), datetime.min.time(), UTC)
+        except ValueError:
+            return None
+    return None
+
+
+def entry_row(
+    p: PlannedEntry,
+    ctx: RunContext,
+    load_batch: str,
+    seen_at: datetime,
+    *,
+    status: str,
+    article_id: str | None = None,
+    duplicate_of: str | None = None,
+    duplicate_reason: str | None = None,
+) -> dict:
+    e = p.entry
+    return {
+        "entry_key": p.entry_key,
+        "feed_url": p.feed_url,
+        "guid": e.guid,
+        "link": e.link,
+        "link_key": p.link_key,
+        "title": e.title,
+        "published_at": e.published_at,
+        "updated_at": e.updated_at,
+        "summary": e.summary,
+        "author": e.author,
+        "categories": list(e.categories),
+        "enclosures": [{"url": x.url, "type": x.type, "length": x.length} for x in e.enclosures],
+        "article_id": article_id,
+        "duplicate_of": duplicate_of,
+        "duplicate_reason": duplicate_reason,
+        "status": status,
+        "first_seen_at": seen_at,
+        "run_id": ctx.run_id,
+        "load_batch": load_batch,
+        "ingest_date": seen_at.date(),
+    }
+
+
+def fetch_log_row(
+    result: FetchResult,
+    kind: str,
+    ctx: RunContext,
+    load_batch: str,
+    n: int,
+    raw: tuple[str | None, int | None],
+    error: tuple[str | None, str | None] | None = None,
+) -> dict:
+    """``error`` overrides the fetch's own: a feed fetched fine can still fail to parse."""
+    error_class, error_message = error if error and error[0] else (result.error_class, result.error_message)
+    return {
+        "fetch_id": f"{load_batch}-{kind[0]}{n:05d}",
+        "run_id": ctx.run_id,
+        "kind": kind,
+        "url": result.url,
+        "final_url": result.final_url,
+        "status": result.status,
+        "bytes": len(result.body) if result.body is not None else None,
+        "elapsed_ms": result.elapsed_ms,
+        "attempts": result.attempts,
+        "redirects": list(result.redirects),
+        "error_class": error_class,
+        "error_message": error_message,
+        "fetched_at": result.fetched_at,
+        "raw_path": raw[0],
+        "raw_offset": raw[1],
+        "load_batch": load_batch,
+        "ingest_date": result.fetched_at.date(),
+    }
+
+
+def article_row(
+    page: PageArticle, ctx: RunContext, load_batch: str, raw: tuple[str | None, int | None]
+) -> dict:
+    job, result, ex = page.job, page.result, page.extracted
+    first = job.entries[0] if job.entries else None
+    entry = first.entry if first else None
+    decision = page.decision
+    text = ex.text if ex else None
+    return {
+        "article_id": job.article_id,
+        "url": job.url,
+        "url_key": job.url_key,
+        "final_url": result.final_url,
+        "canonical_url": page.canonical_url,
+        "feed_url": first.feed_url if first else None,
+        "entry_key": first.entry_key if first else None,
+        "guid": entry.guid if entry else None,
+        "title": (entry.title if entry else None) or (ex.title if ex else None),
+        "author": (entry.author if entry else None) or (ex.author if ex else None),
+        "published_at": _published(entry.published_at if entry else None, ex.date if ex else None),
+        "language": ex.language if ex else None,
+        "sitename": ex.sitename if ex else None,
+        "description": ex.description if ex else None,
+        "categories": list(ex.categories)
+        if ex and ex.categories
+        else list(entry.categories if entry else ()),
+        "tags": list(ex.tags) if ex else [],
+        "image": ex.image if ex else None,
+        "text": text,
+        "text_chars": len(text) if text else 0,
+        "content_hash": page.content_hash,
+        "duplicate_of": decision.duplicate_of if decision else None,
+        "duplicate_reason": decision.reason if decision else None,
+        "http_status": result.status,
+        "fetched_at": result.fetched_at,
+        "raw_path": raw[0],
+        "raw_offset": raw[1],
+        "extractor": EXTRACTOR_NAME,
+        "extractor_version": extractor_version(),
+        "extractor_options": EXTRACTOR_OPTIONS_JSON,
+        "extraction_error": ex.error if ex else "not extracted",
+        "run_id": ctx.run_id,
+        "load_batch": load_batch,
+        "ingest_date": result.fetched_at.date(),
+    }
+
+
+def page_batch_rows(
+    pages: Sequence[PageArticle],
+    ctx: RunContext,
+    load_batch: str,
+    archive: RawArchiveWriter,
+    summary: RunSummary,
+) -> dict[str, list[dict]]:
+    """Rows for one batch of pages; the raw bodies are appended to ``archive`` on the way."""
+    rows: dict[str, list[dict]] = {"entries": [], "articles": [], "fetch_log": []}
+    now = datetime.now(UTC)
+    for n, page in enumerate(pages):
+        result = page.result
+        offset = archive.add(result)
+        raw = (archive.relative_path, offset) if offset is not None else (None, None)
+        rows["fetch_log"].append(fetch_log_row(result, "page", ctx, load_batch, n, raw))
+        entries = page.job.entries
+        if result.ok:
+            summary.pages_fetched += 1
+            rows["articles"].append(article_row(page, ctx, load_batch, raw))
+            if page.extracted and page.extracted.text:
+                summary.articles_extracted += 1
+            if page.decision and page.decision.duplicate_of:
+                summary.duplicates += 1
+            for i, p in enumerate(entries):
+                rows["entries"].append(
+                    entry_row(
+                        p, ctx, load_batch, now,
+                        status="fetched" if i == 0 else "duplicate",
+                        article_id=page.job.article_id,
+                        duplicate_of=page.job.article_id if i else None,
+                        duplicate_reason="url" if i else None,
+                    )
+                )  # fmt: skip
+                summary.duplicates += 1 if i else 0
+            continue
+        summary.pages_failed += 1
+        summary.add_failure("page", result.url, result.error_class, result.error_message)
+        transient = result.error_class in TRANSIENT_PAGE_ERRORS or result.status == 429
+        if not transient:  # final: record the entries so they are not tried forever
+            rows["entries"].extend(entry_row(p, ctx, load_batch, now, status="failed") for p in entries)
+    return rows
+
+
+def known_entry_rows(
+    known: Sequence[tuple[PlannedEntry, str]],
+    no_link: Sequence[PlannedEntry],
+    ctx: RunContext,
+    load_batch: str,
+) -> list[dict]:
+    """Entries that needed no fetch: their link is already stored, or they have none."""
+    now = datetime.now(UTC)
+    rows = [
+        entry_row(
+            p, ctx, load_batch, now, status="duplicate", article_id=a, duplicate_of=a, duplicate_reason="url"
+        )
+        for p, a in known
+    ]
+    rows += [entry_row(p, ctx, load_batch, now, status="no_link") for p in no_link]
+    return rows
+
+
+def feed_rows(
+    outcomes: Sequence[FeedOutcome],
+    specs: Mapping[str, object],
+    previous: Mapping[str, Mapping],
+    new_entry_counts: Mapping[str, int],
+    now: datetime,
+) -> list[dict]:
+    """The new state of each polled feed: validators, last status, failure count."""
+    rows = []
+    for o in outcomes:
+        spec = specs[o.feed_url]
+        prev = previous.get(o.feed_url) or {}
+        r = o.result
+        success = not o.failed
+        parsed = o.parsed
+        etag, last_modified = prev.get("etag"), prev.get("last_modified")
+        if success and r.status == 200:
+            etag, last_modified = r.header("etag"), r.header("last-modified")
+        rows.append(
+            {
+                "feed_url": o.feed_url,
+                "name": getattr(spec, "name", None) or prev.get("name"),
+                "tags": list(getattr(spec, "tags", ()) or ()),
+                "title": (parsed.title if parsed else None) or prev.get("title"),
+                "site_url": (parsed.site_url if parsed else None) or prev.get("site_url"),
+                "format": (parsed.format if parsed else None) or prev.get("format"),
+                "language": (parsed.language if parsed else None) or prev.get("language"),
+                "etag": etag,
+                "last_modified": last_modified,
+                "body_hash": o.body_hash if success else prev.get("body_hash"),
+                "last_status": r.status,
+                "last_fetched_at": r.fetched_at,
+                "last_success_at": now if success else prev.get("last_success_at"),
+                "last_error_class": o.error_class,
+                "last_error": o.error_message,
+                "consecutive_failures": 0 if success else int(prev.get("consecutive_failures") or 0) + 1,
+                "entries_seen": int(prev.get("entries_seen") or 0) + new_entry_counts.get(o.feed_url, 0),
+                "added_at": prev.get("added_at") or now,
+            }
+        )
+    return rows
+
+
+def raw_archive_for(data_dir, load_batch: str) -> RawArchiveWriter:
+    return RawArchiveWriter(data_dir, raw_path_for(load_batch, datetime.now(UTC)))

@@ -1,0 +1,330 @@
+"""Parse: fetched feed documents (bytes and response headers) into entries.
+
+Parsing takes bytes, never a URL: feedparser must not fetch. RSS 0.9x/1.0/2.0 and Atom go through
+feedparser; JSON Feed 1.x is read here (feedparser does not know it).
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urljoin
+
+import feedparser
+
+from tasks.fetch import FetchResult
+
+# Hostile XML: feedparser expands flat ("quadratic") entity declarations itself after expat
+# refuses them, and DTDs are never needed by a feed. Everything between <!DOCTYPE and the root
+# element is dropped before parsing; HTML named entities still work (feedparser knows them).
+_DOCTYPE = re.compile(rb"<!DOCTYPE(?:[^\[>]*\[.*?\]\s*>|[^>]*>)", re.S | re.I)
+_XML_DECL_ENCODING = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*)([\"'])([^\"']*)\2", re.I)
+_MAX_FIELD_CHARS = 200_000  # one entry field; more is truncated
+_MAX_ENTRIES_PARSED = 100_000
+
+
+@dataclass(frozen=True)
+class Enclosure:
+    url: str
+    type: str | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    guid: str | None
+    link: str | None
+    title: str | None
+    published_at: datetime | None
+    updated_at: datetime | None
+    summary: str | None
+    author: str | None
+    categories: tuple[str, ...] = ()
+    enclosures: tuple[Enclosure, ...] = ()
+
+    @property
+    def identity(self) -> str:
+        """What identifies this entry within its feed: the GUID, else the link, else the title."""
+        return self.guid or self.link or f"title:{self.title or ''}"
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    format: str  # rss20, atom10, jsonfeed11, ...
+    title: str | None
+    site_url: str | None
+    language: str | None
+    entries: tuple[FeedEntry, ...] = field(default_factory=tuple)
+
+
+class FeedParseError(Exception):
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class  # "not_a_feed" | "parse_error"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _clip(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).replace("\x00", "").strip()
+    if not text:
+        return None
+    return text[:_MAX_FIELD_CHARS]
+
+
+def _struct_to_dt(value) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(calendar.timegm(value), UTC)
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
+def parse_iso_datetime(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = feedparser._parse_date(value)  # RFC 822, W3CDTF and friends
+        return _struct_to_dt(parsed)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _looks_like_json_feed(body: bytes, content_type: str) -> bool:
+    head = body.lstrip()[:1]
+    return head == b"{" and ("json" in content_type or b"jsonfeed.org/version" in body[:4096])
+
+
+def parse_feed(body: bytes, url: str, headers: dict[str, str] | None = None) -> ParsedFeed:
+    """Parse one fetched feed document. Raises :class:`FeedParseError` when it is not a feed."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    content_type = headers.get("content-type", "").lower()
+    if _looks_like_json_feed(body, content_type):
+        return parse_json_feed(body, url)
+    return _parse_xml_feed(body, url, headers)
+
+
+def _sanitize_xml(body: bytes) -> bytes:
+    body = body.replace(b"\x00", b"")
+    body = _DOCTYPE.sub(b"", body, count=1)
+    # An encoding name that Python cannot decode makes feedparser raise: drop it and let
+    # feedparser sniff (HTTP header, BOM, then UTF-8 / Windows-1252).
+    match = _XML_DECL_ENCODING.match(body)
+    if match:
+        name = match.group(3).decode("latin-1")
+        try:
+            "".encode(name)
+        except (LookupError, ValueError):
+            body = body[: match.start(1)] + body[match.end(0) :]
+    return body
+
+
+def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
+    clean = _sanitize_xml(body)
+    response_headers = {"content-location": url}
+    if "content-type" in headers:
+        response_headers["content-type"] = headers["content-type"]
+    try:
+        parsed = feedparser.parse(clean, response_headers=response_headers, sanitize_html=True)
+    except Exception as exc:  # feedparser raises on a few hostile inputs; record, never crash
+        raise FeedParseError("parse_error", f"{exc.__class__.__name__}: {exc}") from exc
+    version = parsed.get("version") or ""
+    if not version and not parsed.entries:
+        reason = parsed.get("bozo_exception")
+        detail = f" ({reason.__class__.__name__}: {reason})" if reason else ""
+        looks_html = b"<html" in body[:2048].lower()
+        raise FeedParseError(
+            "not_a_feed",
+            ("an HTML page, not a feed" if looks_html else "no RSS, Atom or JSON Feed found") + detail[:300],
+        )
+    feed = parsed.get("feed", {})
+    entries = []
+    for raw in parsed.entries[:_MAX_ENTRIES_PARSED]:
+        entries.append(_entry_from_feedparser(raw, url))
+    return ParsedFeed(
+        format=version or "unknown",
+        title=_clip(feed.get("title")),
+        site_url=_clip(feed.get("link")),
+        language=_clip(feed.get("language")),
+        entries=tuple(entries),
+    )
+
+
+def _entry_from_feedparser(raw, feed_url: str) -> FeedEntry:
+    link = raw.get("link")
+    if not link:
+        for candidate in raw.get("links", []):
+            if candidate.get("rel", "alternate") == "alternate" and candidate.get("href"):
+                link = candidate["href"]
+                break
+    link = _absolute(link, feed_url)
+    categories = tuple(
+        dict.fromkeys(_clip(t.get("term") or t.get("label")) for t in raw.get("tags", []) if t)
+    )
+    enclosures = []
+    for enc in raw.get("enclosures", []):
+        href = _absolute(enc.get("href"), feed_url)
+        if href:
+            length = enc.get("length")
+            enclosures.append(
+                Enclosure(
+                    url=href,
+                    type=_clip(enc.get("type")),
+                    length=int(length) if isinstance(length, str) and length.isdigit() else None,
+                )
+            )
+    summary = raw.get("summary")
+    return FeedEntry(
+        guid=_clip(raw.get("id")),
+        link=link,
+        title=_clip(raw.get("title")),
+        published_at=_struct_to_dt(raw.get("published_parsed")) or _struct_to_dt(raw.get("created_parsed")),
+        updated_at=_struct_to_dt(raw.get("updated_parsed")),
+        summary=_clip(summary),
+        author=_clip(raw.get("author")),
+        categories=tuple(c for c in categories if c),
+        enclosures=tuple(enclosures),
+    )
+
+
+def _absolute(link: object, base: str) -> str | None:
+    if not isinstance(link, str):
+        return None
+    link = link.strip().replace("\x00", "")
+    if not link:
+        return None
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return None
+
+
+def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
+    """JSON Feed 1.0 / 1.1 (https://jsonfeed.org/version/1.1)."""
+    try:
+        doc = json.loads(body.decode("utf-8-sig", errors="replace"))
+    except (ValueError, RecursionError) as exc:
+        raise FeedParseError("parse_error", f"invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith(
+        "https://jsonfeed.org/version/"
+    ):
+        raise FeedParseError("not_a_feed", "JSON document without a jsonfeed.org version")
+    version = "jsonfeed" + str(doc["version"]).rsplit("/", 1)[-1].replace(".", "")
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise FeedParseError("parse_error", "JSON Feed without an items list")
+    feed_authors = _json_authors(doc)
+    entries = []
+    for item in items[:_MAX_ENTRIES_PARSED]:
+        if not isinstance(item, dict):
+            continue
+        link = _absolute(item.get("url") or item.get("external_url"), url)
+        tags = item.get("tags") if isinstance(item.get("tags"), list) else []
+        attachments = item.get("attachments") if isinstance(item.get("attachments"), list) else []
+        authors = _json_authors(item) or feed_authors
+        entries.append(
+            FeedEntry(
+                guid=_clip(item.get("id")),
+                link=link,
+                title=_clip(item.get("title")),
+                published_at=parse_iso_datetime(item.get("date_published")),
+                updated_at=parse_iso_datetime(item.get("date_modified")),
+                summary=_clip(item.get("summary") or item.get("content_text") or item.get("content_html")),
+                author=authors,
+                categories=tuple(dict.fromkeys(c for c in (_clip(t) for t in tags) if c)),
+                enclosures=tuple(
+                    Enclosure(
+                        url=href,
+                        type=_clip(a.get("mime_type")),
+                        length=a.get("size_in_bytes") if isinstance(a.get("size_in_bytes"), int) else None,
+                    )
+                    for a in attachments
+                    if isinstance(a, dict) and (href := _absolute(a.get("url"), url))
+                ),
+            )
+        )
+    return ParsedFeed(
+        format=version,
+        title=_clip(doc.get("title")),
+        site_url=_clip(doc.get("home_page_url")),
+        language=_clip(doc.get("language")),
+        entries=tuple(entries),
+    )
+
+
+def _json_authors(obj: dict) -> str | None:
+    authors = obj.get("authors")
+    if not isinstance(authors, list):
+        single = obj.get("author")  # JSON Feed 1.0
+        authors = [single] if isinstance(single, dict) else []
+    names = [a.get("name") for a in authors if isinstance(a, dict) and isinstance(a.get("name"), str)]
+    return _clip(", ".join(names)) if names else None
+
+
+# --------------------------------------------------------------------------- one poll's feeds
+
+
+@dataclass(frozen=True)
+class FeedOutcome:
+    """What one feed fetch came to: entries, nothing new, or a recorded failure."""
+
+    feed_url: str
+    result: FetchResult
+    parsed: ParsedFeed | None = None
+    body_hash: str | None = None
+    unchanged: bool = False  # 304, or the same bytes as last time (server ignores validators)
+    error_class: str | None = None
+    error_message: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error_class is not None
+
+
+def parse_feed_results(
+    results: list[FetchResult], previous_hashes: Mapping[str, str | None]
+) -> list[FeedOutcome]:
+    """Parse each fetched feed; a feed whose bytes did not change costs no parsing."""
+    outcomes = []
+    for result in results:
+        url = result.url
+        if result.error_class:
+            outcomes.append(
+                FeedOutcome(url, result, error_class=result.error_class, error_message=result.error_message)
+            )
+            continue
+        if result.not_modified:
+            outcomes.append(FeedOutcome(url, result, body_hash=previous_hashes.get(url), unchanged=True))
+            continue
+        digest = body_hash(result.body or b"")
+        if previous_hashes.get(url) == digest:
+            outcomes.append(FeedOutcome(url, result, body_hash=digest, unchanged=True))
+            continue
+        try:
+            parsed = parse_feed(result.body or b"", result.final_url, dict(result.headers))
+        except FeedParseError as exc:
+            outcomes.append(
+                FeedOutcome(
+                    url, result, body_hash=digest, error_class=exc.error_class, error_message=str(exc)[:1000]
+                )
+            )
+            continue
+        outcomes.append(FeedOutcome(url, result, parsed=parsed, body_hash=digest))
+    return outcomes

@@ -1,0 +1,1 @@
+"""The warehouse: DuckDB schema (versioned migrations), loading, Parquet export, queries."""

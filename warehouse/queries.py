@@ -1,0 +1,59 @@
+"""Read access for analysts: ``newsflow sql`` and the demo's example query.
+
+Queries go to the DuckDB file, read-only. While a writer holds it (DuckDB allows one process),
+the same table names are served from the Parquet files instead, so a query never has to wait
+for a poll to finish.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+
+from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, connect, parquet_glob
+
+
+def named_query(name: str) -> str:
+    """A query shipped in ``warehouse/queries/<name>.sql`` (the README's examples)."""
+    return files("warehouse").joinpath("queries", f"{name}.sql").read_text()
+
+
+def open_for_reading(data_dir: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A connection and where it reads from: ``"duckdb"`` or ``"parquet"`` (writer busy)."""
+    db = data_dir / "newsflow.duckdb"
+    if not db.exists():
+        raise FileNotFoundError(f"no warehouse at {data_dir} (run `newsflow poll` or `newsflow demo` first)")
+    try:
+        return connect(db, read_only=True), "duckdb"
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+    return parquet_connection(data_dir), "parquet"
+
+
+def parquet_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for t in APPEND_TABLES:
+        if any((data_dir / "parquet" / t).glob("*/*.parquet")):
+            # DuckDB does not take parameters in DDL: the view is made over a relation instead.
+            rel = con.read_parquet(parquet_glob(data_dir, t), hive_partitioning=True, union_by_name=True)
+            rel.create_view(t)
+    for t in SNAPSHOT_TABLES:
+        path = Path(parquet_glob(data_dir, t))
+        if path.exists():
+            con.read_parquet(str(path)).create_view(t)
+    return con
+
+
+def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[tuple], str]:
+    con, source = open_for_reading(data_dir)
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall() if cur.description else []
+        return columns, rows, source
+    finally:
+        con.close()

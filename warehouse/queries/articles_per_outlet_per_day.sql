@@ -1,0 +1,9 @@
+-- Articles per outlet per day (originals only), newest day first.
+SELECT coalesce(f.name, a.sitename, a.feed_url) AS outlet,
+       CAST(a.published_at AS DATE)             AS day,
+       count(*)                                 AS articles
+FROM articles a LEFT JOIN feeds f USING (feed_url)
+WHERE a.duplicate_of IS NULL
+GROUP BY ALL
+ORDER BY day DESC NULLS LAST, articles DESC
+LIMIT 50;

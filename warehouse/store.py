@@ -1,0 +1,267 @@
+"""The warehouse: one DuckDB database plus Parquet files, kept in agreement.
+
+Write path of one load batch (the unit of atomicity):
+1. the raw WARC of the batch is written and renamed into place;
+2. one DuckDB transaction inserts the batch's rows and a ``load_batches`` row (exported=false);
+3. each table's new rows are written as Parquet (temporary name, fsync, rename), partitioned by
+   ``ingest_date``, one file per batch and partition;
+4. the ``load_batches`` row is marked exported.
+A crash between 2 and 4 is repaired by the next writer (:meth:`Warehouse.recover`): batches that
+are committed but not exported are exported again from DuckDB (same file names, so never twice),
+and temporary files are removed. DuckDB is the record of what was committed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
+
+APPEND_TABLES = ("entries", "articles", "fetch_log")  # immutable rows, one Parquet file per batch
+SNAPSHOT_TABLES = ("feeds", "runs")  # small, rewritten whole at the end of a run
+
+# Table names are fixed identifiers, never user input: each statement is a constant.
+SELECT_EMPTY = {t: f"SELECT * FROM {t} LIMIT 0" for t in APPEND_TABLES + SNAPSHOT_TABLES}  # noqa: S608
+INSERT_BY_NAME = {t: f"INSERT INTO {t} BY NAME SELECT * FROM incoming" for t in APPEND_TABLES}  # noqa: S608
+SELECT_BATCH = {t: f"SELECT * FROM {t} WHERE load_batch = ?" for t in APPEND_TABLES}  # noqa: S608
+SELECT_ALL = {t: f"SELECT * FROM {t} ORDER BY 1" for t in SNAPSHOT_TABLES}  # noqa: S608
+
+SQL_SEEN_ENTRY_KEYS = "SELECT entry_key FROM entries WHERE entry_key IN (SELECT unnest(?::VARCHAR[]))"
+SQL_KNOWN_URL_KEYS = """
+    SELECT url_key AS key, coalesce(duplicate_of, article_id) AS original
+    FROM articles WHERE url_key IN (SELECT unnest(?::VARCHAR[]))
+    UNION ALL
+    SELECT canonical_url AS key, coalesce(duplicate_of, article_id) AS original
+    FROM articles WHERE canonical_url IN (SELECT unnest(?::VARCHAR[]))
+"""
+SQL_KNOWN_CANONICAL = """
+    SELECT canonical_url, coalesce(duplicate_of, article_id) FROM articles
+    WHERE canonical_url IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY fetched_at, article_id
+"""
+SQL_KNOWN_HASHES = """
+    SELECT content_hash, coalesce(duplicate_of, article_id) FROM articles
+    WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY fetched_at, article_id
+"""
+SQL_FEED_STATE = "SELECT feed_url, etag, last_modified, body_hash FROM feeds WHERE feed_url IN (SELECT unnest(?::VARCHAR[]))"
+SQL_FEED_ROW = "SELECT * FROM feeds WHERE feed_url = ?"
+SQL_UPSERT_FEED = """
+    INSERT INTO feeds BY NAME SELECT * FROM incoming
+    ON CONFLICT (feed_url) DO UPDATE SET
+        name = excluded.name, tags = excluded.tags, title = excluded.title,
+        site_url = excluded.site_url, format = excluded.format, language = excluded.language,
+        etag = excluded.etag, last_modified = excluded.last_modified, body_hash = excluded.body_hash,
+        last_status = excluded.last_status, last_fetched_at = excluded.last_fetched_at,
+        last_success_at = excluded.last_success_at, last_error_class = excluded.last_error_class,
+        last_error = excluded.last_error, consecutive_failures = excluded.consecutive_failures,
+        entries_seen = excluded.entries_seen
+"""
+SQL_INSERT_BATCH = "INSERT INTO load_batches VALUES (?, ?, ?, ?, false)"
+SQL_MARK_EXPORTED = "UPDATE load_batches SET exported = true WHERE load_batch = ?"
+SQL_UNEXPORTED = "SELECT load_batch, tables FROM load_batches WHERE NOT exported ORDER BY committed_at"
+SQL_INSERT_RUN = "INSERT OR REPLACE INTO runs BY NAME SELECT * FROM incoming"
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in files("warehouse").joinpath("migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the versioned migrations not yet applied, each in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    done = []
+    for version, name, sql in _migrations():
+        if version in applied:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(UTC)])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        done.append(name)
+    return done
+
+
+def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+class Warehouse:
+    """Read and write access for one writer process (hold the WriterLock around it)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.parquet_dir = data_dir / "parquet"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.con = connect(data_dir / "newsflow.duckdb")
+        migrate(self.con)
+        self._schemas: dict[str, pa.Schema] = {}
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ lookups
+
+    def seen_entry_keys(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        return {r[0] for r in self.con.execute(SQL_SEEN_ENTRY_KEYS, [list(keys)]).fetchall()}
+
+    def known_url_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """URL keys already stored (as an article's own URL or its canonical URL) -> original article."""
+        if not keys:
+            return {}
+        out: dict[str, str] = {}
+        for key, original in self.con.execute(SQL_KNOWN_URL_KEYS, [list(keys), list(keys)]).fetchall():
+            out.setdefault(key, original)
+        return out
+
+    def known_canonical(self, urls: Sequence[str]) -> dict[str, str]:
+        return self._first_by_key(SQL_KNOWN_CANONICAL, urls)
+
+    def known_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        return self._first_by_key(SQL_KNOWN_HASHES, hashes)
+
+    def _first_by_key(self, sql: str, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        out: dict[str, str] = {}
+        for key, original in self.con.execute(sql, [list(keys)]).fetchall():
+            out.setdefault(key, original)
+        return out
+
+    def feed_validators(self, urls: Sequence[str]) -> dict[str, tuple[str | None, str | None, str | None]]:
+        if not urls:
+            return {}
+        rows = self.con.execute(SQL_FEED_STATE, [list(urls)]).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def feed_row(self, url: str) -> dict | None:
+        cur = self.con.execute(SQL_FEED_ROW, [url])
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    # ------------------------------------------------------------------ writes
+
+    def _schema(self, table: str) -> pa.Schema:
+        if table not in self._schemas:
+            self._schemas[table] = self.con.execute(SELECT_EMPTY[table]).fetch_arrow_table().schema
+        return self._schemas[table]
+
+    def to_arrow(self, table: str, rows: Sequence[Mapping]) -> pa.Table:
+        return pa.Table.from_pylist([dict(r) for r in rows], schema=self._schema(table))
+
+    def load_batch(
+        self, load_batch: str, run_id: str, rows: Mapping[str, Sequence[Mapping]]
+    ) -> dict[str, int]:
+        """Insert one batch in one transaction, then export it as Parquet. Returns row counts."""
+        tables = {t: self.to_arrow(t, rows.get(t, [])) for t in APPEND_TABLES}
+        present = [t for t in APPEND_TABLES if tables[t].num_rows]
+        if not present:
+            return {}
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for t in present:
+                con.register("incoming", tables[t])
+                try:
+                    con.execute(INSERT_BY_NAME[t])
+                finally:
+                    con.unregister("incoming")
+            con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), present])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        for t in present:
+            self._export_append(t, load_batch, tables[t])
+        con.execute(SQL_MARK_EXPORTED, [load_batch])
+        return {t: tables[t].num_rows for t in present}
+
+    def _export_append(self, table: str, load_batch: str, data: pa.Table) -> None:
+        by_date: dict[str, list[int]] = defaultdict(list)
+        for i, d in enumerate(data.column("ingest_date").to_pylist()):
+            by_date[d.isoformat()].append(i)
+        body = data.drop_columns(["ingest_date"])
+        for day, indices in sorted(by_date.items()):
+            part = body.take(pa.array(indices)) if len(indices) != data.num_rows else body
+            write_parquet_atomic(
+                part, self.parquet_dir / table / f"ingest_date={day}" / f"{load_batch}.parquet"
+            )
+
+    def upsert_feeds(self, rows: Sequence[Mapping]) -> None:
+        if not rows:
+            return
+        data = self.to_arrow("feeds", rows)
+        self.con.register("incoming", data)
+        try:
+            self.con.execute(SQL_UPSERT_FEED)
+        finally:
+            self.con.unregister("incoming")
+
+    def record_run(self, row: Mapping) -> None:
+        self.con.register("incoming", self.to_arrow("runs", [row]))
+        try:
+            self.con.execute(SQL_INSERT_RUN)
+        finally:
+            self.con.unregister("incoming")
+
+    def export_snapshots(self) -> None:
+        """Rewrite the small state tables (feeds, runs) as whole Parquet files."""
+        for t in SNAPSHOT_TABLES:
+            data = self.con.execute(SELECT_ALL[t]).fetch_arrow_table()
+            write_parquet_atomic(data, self.parquet_dir / t / f"{t}.parquet")
+
+    def recover(self) -> dict[str, int]:
+        """Repair what a killed writer left: unexported batches, temporary files."""
+        removed = remove_orphaned_temporaries(self.parquet_dir) + remove_orphaned_temporaries(
+            self.data_dir / "raw"
+        )
+        pending = self.con.execute(SQL_UNEXPORTED).fetchall()
+        for load_batch, tables in pending:
+            for t in tables:
+                data = self.con.execute(SELECT_BATCH[t], [load_batch]).fetch_arrow_table()
+                self._export_append(t, load_batch, data)
+            self.con.execute(SQL_MARK_EXPORTED, [load_batch])
+        return {"temporary_files_removed": len(removed), "batches_reexported": len(pending)}
+
+
+def parquet_glob(data_dir: Path | str, table: str) -> str:
+    if table in SNAPSHOT_TABLES:
+        return str(Path(data_dir) / "parquet" / table / f"{table}.parquet")
+    return str(Path(data_dir) / "parquet" / table / "*" / "*.parquet")
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
