@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 
 from courlan import normalize_url
 
@@ -37,20 +37,22 @@ def canonicalize_url(url: str | None) -> str | None:
         return None
     url = url.strip()
     try:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        original = urlsplit(url)
+        if original.scheme.lower() not in ("http", "https") or not original.hostname:
             return None
-        normalized = normalize_url(url)
-        parts = urlsplit(normalized)
+        parts = urlsplit(normalize_url(url))
     except (ValueError, AttributeError):
         return None
+    # The query comes from the original URL: courlan drops parameters without a value, and
+    # ``story.php?12345`` and ``story.php?12346`` are two articles.
     query = [
         (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        for k, v in parse_qsl(original.query, keep_blank_values=True)
         if k.lower() not in TRACKING_PARAMS and not k.lower().startswith(TRACKING_PREFIXES)
     ]
     path = _remove_dot_segments(parts.path) or "/"
-    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(sorted(query), doseq=True), ""))
+    encoded = "&".join(quote_plus(k) + (f"={quote_plus(v)}" if v else "") for k, v in sorted(query))
+    return urlunsplit((parts.scheme, parts.netloc, path, encoded, ""))
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -374,7 +374,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -411,27 +411,35 @@ class Fetcher:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _one_hop(self, url: httpx.URL, request: FetchRequest, headers: dict[str, str]):
-        semaphore = await self.limiter(_host_key(url))
+    async def _one_hop(self, url: httpx.URL, request: FetchRequest, headers: dict[str, str], slot=None):
+        """One request/response. ``slot`` is the host slot already acquired for it, if any."""
+        semaphore = slot or await self.limiter(_host_key(url))
         try:
             async with self.client.stream("GET", url, headers=headers) as response:
+                stream = response.extensions.get("network_stream")
+                server = stream.get_extra_info("server_addr") if stream is not None else None
+                address = server[0] if isinstance(server, tuple) and server else None
                 declared = response.headers.get("content-length")
                 if response.status_code in REDIRECT_STATUSES or response.status_code == 304:
-                    return response, b""
-                if declared and declared.isdigit() and int(declared) > request.max_bytes:
+                    return response, b"", address
+                if (
+                    declared
+                    and declared.isascii()
+                    and declared.isdigit()
+                    and int(declared) > request.max_bytes
+                ):
                     raise FetchError(
                         "too_large", f"Content-Length {declared} exceeds {request.max_bytes} bytes"
                     )
                 decoder = BoundedDecoder(response.headers.get("content-encoding"), request.max_bytes)
                 async for chunk in response.aiter_raw(_READ_CHUNK):
                     decoder.feed(chunk)
-                body = decoder.finish()
-                return response, body
+                return response, decoder.finish(), address
         finally:
             semaphore.release()
 
-    async def _attempt(self, request: FetchRequest) -> tuple[httpx.Response, bytes, list[str], str]:
-        url = _check_url(request.url)
+    async def _attempt(self, request: FetchRequest, url: httpx.URL, slot):
+        """Follow redirects from ``url`` (whose host slot is ``slot``), checking every hop."""
         redirects: list[str] = []
         headers = {"Accept": _accept_for(request)}
         if request.etag:
@@ -439,12 +447,13 @@ class Fetcher:
         if request.last_modified:
             headers["If-Modified-Since"] = request.last_modified
         while True:
-            response, body = await self._one_hop(url, request, headers)
+            response, body, address = await self._one_hop(url, request, headers, slot)
+            slot = None
             if response.status_code not in REDIRECT_STATUSES:
-                return response, body, redirects, str(url)
+                return response, body, redirects, str(url), address
             location = response.headers.get("location")
             if not location:
-                return response, body, redirects, str(url)
+                return response, body, redirects, str(url), address
             if len(redirects) >= self.settings.max_redirects:
                 raise FetchError(
                     "too_many_redirects",
@@ -459,78 +468,85 @@ class Fetcher:
             headers = {"Accept": headers["Accept"]}
 
     async def fetch(self, request: FetchRequest) -> FetchResult:
-        started = time.monotonic()
-        fetched_at = datetime.now(UTC)
+        """Fetch one URL; never raises. The deadline counts the time spent on the network and
+        in retry waits, not the time queued behind this run's politeness limits."""
+        deadline = self.settings.request_deadline
+        fetched_at: datetime | None = None
+        spent = 0.0
         attempts = 0
-        error: FetchError | None = None
         async with self.global_slots:
             while True:
                 attempts += 1
-                remaining = self.settings.request_deadline - (time.monotonic() - started)
+                response = None
                 try:
-                    if remaining <= 0:
-                        raise FetchError(
-                            "timeout", f"request deadline of {self.settings.request_deadline}s exceeded"
-                        )
-                    with anyio.fail_after(remaining):
-                        response, body, redirects, final_url = await self._attempt(request)
+                    if spent >= deadline:
+                        raise FetchError("timeout", f"request deadline of {deadline}s exceeded")
+                    url = _check_url(request.url)
+                    slot = await self.limiter(_host_key(url))  # politeness wait: not counted
+                    fetched_at = fetched_at or datetime.now(UTC)
+                    began = time.monotonic()
+                    try:
+                        with anyio.fail_after(deadline - spent):
+                            response, body, redirects, final_url, address = await self._attempt(
+                                request, url, slot
+                            )
+                    finally:
+                        spent += time.monotonic() - began
                 except FetchError as exc:
                     error = exc
                 except TimeoutError:
-                    error = FetchError(
-                        "timeout", f"request deadline of {self.settings.request_deadline}s exceeded"
-                    )
+                    error = FetchError("timeout", f"request deadline of {deadline}s exceeded")
                 except Exception as exc:  # everything the transport can throw, classified
                     error = _classify_transport_error(exc)
                 else:
                     status = response.status_code
-                    result_kwargs = dict(
-                        url=request.url,
-                        final_url=final_url,
-                        status=status,
-                        headers=tuple((k, v) for k, v in response.headers.multi_items()),
-                        fetched_at=fetched_at,
-                        redirects=tuple(redirects),
-                        http_version=response.http_version,
-                    )
                     if 200 <= status < 300 or status == 304:
-                        return FetchResult(
-                            body=body if status != 304 else None,
-                            elapsed_ms=int((time.monotonic() - started) * 1000),
-                            attempts=attempts,
-                            **result_kwargs,
+                        error = None
+                    else:
+                        error = FetchError(
+                            "http_4xx"
+                            if 400 <= status < 500
+                            else "http_5xx"
+                            if status >= 500
+                            else "http_other",
+                            f"HTTP {status} {response.reason_phrase}".strip(),
+                            transient=status in TRANSIENT_STATUSES,
                         )
-                    error = FetchError(
-                        "http_4xx" if 400 <= status < 500 else "http_5xx" if status >= 500 else "http_other",
-                        f"HTTP {status} {response.reason_phrase}".strip(),
-                        transient=status in TRANSIENT_STATUSES,
-                    )
-                    wait = self._retry_wait(attempts, response.headers.get("retry-after"))
-                    if error.transient and attempts <= self.settings.retries and wait is not None:
+                if error is not None and error.transient and attempts <= self.settings.retries:
+                    retry_after = response.headers.get("retry-after") if response is not None else None
+                    wait = self._retry_wait(attempts, retry_after)
+                    if wait is not None and wait < deadline - spent:
                         await asyncio.sleep(wait)
+                        spent += wait
                         continue
+                fetched_at = fetched_at or datetime.now(UTC)
+                if response is None:
                     return FetchResult(
+                        url=request.url,
+                        final_url=request.url,
+                        status=None,
+                        headers=(),
                         body=None,
-                        elapsed_ms=int((time.monotonic() - started) * 1000),
+                        fetched_at=fetched_at,
+                        elapsed_ms=int(spent * 1000),
                         error_class=error.error_class,
-                        error_message=error.args[0],
+                        error_message=str(error.args[0])[:1000],
                         attempts=attempts,
-                        **result_kwargs,
                     )
-                wait = self._retry_wait(attempts, None)
-                if error.transient and attempts <= self.settings.retries and wait is not None:
-                    await asyncio.sleep(wait)
-                    continue
+                ok = error is None
                 return FetchResult(
                     url=request.url,
-                    final_url=request.url,
-                    status=None,
-                    headers=(),
-                    body=None,
+                    final_url=final_url,
+                    status=response.status_code,
+                    headers=tuple(response.headers.multi_items()),
+                    body=body if ok and response.status_code != 304 else None,
                     fetched_at=fetched_at,
-                    elapsed_ms=int((time.monotonic() - started) * 1000),
-                    error_class=error.error_class,
-                    error_message=str(error.args[0])[:1000],
+                    elapsed_ms=int(spent * 1000),
+                    redirects=tuple(redirects),
+                    error_class=None if ok else error.error_class,
+                    error_message=None if ok else error.args[0],
+                    remote_address=address,
+                    http_version=response.http_version,
                     attempts=attempts,
                 )
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 import feedparser
+from feedparser.datetimes import _parse_date
 
 from tasks.fetch import FetchResult
 
@@ -23,6 +24,9 @@ from tasks.fetch import FetchResult
 # refuses them, and DTDs are never needed by a feed. Everything between <!DOCTYPE and the root
 # element is dropped before parsing; HTML named entities still work (feedparser knows them).
 _DOCTYPE = re.compile(rb"<!DOCTYPE(?:[^\[>]*\[.*?\]\s*>|[^>]*>)", re.S | re.I)
+_ENTITY_DECL = re.compile(rb"<!ENTITY[^>]*>", re.S | re.I)
+_DTD_MARKERS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
+_MAX_DTD_PASSES = 8  # declarations nested to re-form after removal: give up rather than loop
 _XML_DECL_ENCODING = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*)([\"'])([^\"']*)\2", re.I)
 _MAX_FIELD_CHARS = 200_000  # one entry field; more is truncated
 _MAX_ENTRIES_PARSED = 100_000
@@ -100,15 +104,17 @@ def parse_iso_datetime(value: object) -> datetime | None:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        parsed = feedparser._parse_date(value)  # RFC 822, W3CDTF and friends
-        return _struct_to_dt(parsed)
+        return _struct_to_dt(_parse_date(value))  # RFC 822, W3CDTF and friends
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _looks_like_json_feed(body: bytes, content_type: str) -> bool:
-    head = body.lstrip()[:1]
+    head = body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
     return head == b"{" and ("json" in content_type or b"jsonfeed.org/version" in body[:4096])
 
 
@@ -123,7 +129,15 @@ def parse_feed(body: bytes, url: str, headers: dict[str, str] | None = None) -> 
 
 def _sanitize_xml(body: bytes) -> bytes:
     body = body.replace(b"\x00", b"")
-    body = _DOCTYPE.sub(b"", body, count=1)
+    # Every DOCTYPE and ENTITY declaration goes, decoys and declarations hidden in comments
+    # included; removal is repeated because nested fragments can re-form a declaration.
+    for _ in range(_MAX_DTD_PASSES):
+        if not _DTD_MARKERS.search(body):
+            break
+        body = _ENTITY_DECL.sub(b"", _DOCTYPE.sub(b"", body))
+    else:
+        if _DTD_MARKERS.search(body):
+            raise FeedParseError("parse_error", "document type declarations nested too deep: refused")
     # An encoding name that Python cannot decode makes feedparser raise: drop it and let
     # feedparser sniff (HTTP header, BOM, then UTF-8 / Windows-1252).
     match = _XML_DECL_ENCODING.match(body)
@@ -187,7 +201,9 @@ def _entry_from_feedparser(raw, feed_url: str) -> FeedEntry:
                 Enclosure(
                     url=href,
                     type=_clip(enc.get("type")),
-                    length=int(length) if isinstance(length, str) and length.isdigit() else None,
+                    length=int(length)
+                    if isinstance(length, str) and length.isascii() and length.isdigit()
+                    else None,
                 )
             )
     summary = raw.get("summary")
@@ -195,7 +211,10 @@ def _entry_from_feedparser(raw, feed_url: str) -> FeedEntry:
         guid=_clip(raw.get("id")),
         link=link,
         title=_clip(raw.get("title")),
-        published_at=_struct_to_dt(raw.get("published_parsed")) or _struct_to_dt(raw.get("created_parsed")),
+        # RSS 1.0 dc:date and Atom <updated> arrive as updated_parsed: the best date there is.
+        published_at=_struct_to_dt(raw.get("published_parsed"))
+        or _struct_to_dt(raw.get("created_parsed"))
+        or _struct_to_dt(raw.get("updated_parsed")),
         updated_at=_struct_to_dt(raw.get("updated_parsed")),
         summary=_clip(summary),
         author=_clip(raw.get("author")),
