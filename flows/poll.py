@@ -54,8 +54,14 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
         plan = t.plan_entries(outcomes, wh, settings)
         _count_feeds(summary, outcomes, plan)
 
-        for jobs in chunks(plan.pages, settings.batch_size):
-            results = t.fetch_pages(jobs, settings)
+        # Fetching the next batch (I/O, a worker thread) overlaps extracting this one (CPU, the
+        # process pool); at most two batches of pages are in memory.
+        batches = list(chunks(plan.pages, settings.batch_size))
+        next_fetch = t.fetch_pages.submit(batches[0], settings) if batches else None
+        for i, jobs in enumerate(batches):
+            results = next_fetch.result()
+            if i + 1 < len(batches):
+                next_fetch = t.fetch_pages.submit(batches[i + 1], settings)
             extracted = t.extract_pages(results, pool)
             pages = t.dedup_articles(jobs, results, extracted, wh)
             t.load_pages(pages, wh, ctx, summary)

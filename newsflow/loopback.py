@@ -89,6 +89,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     site: LoopbackSite
 
+    def handle_error(self, request, client_address):
+        # A client that gives up early (a timeout, a size cap) is expected here: no traceback.
+        pass
+
 
 class LoopbackSite:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, routes: dict[str, Route] | None = None):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -184,28 +185,52 @@ class ExtractorPool:
 
     def __enter__(self) -> ExtractorPool:
         if self.workers > 1:
-            # spawn, not fork: the parent runs Prefect's threads and event loops.
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm_up,
-            )
+            self._start()
         return self
+
+    def _start(self) -> None:
+        # spawn, not fork: the parent runs Prefect's threads and event loops.
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm_up,
+        )
+
+    def _restart(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._start()
 
     def __exit__(self, *exc) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def map(self, jobs: Iterable[ExtractJob]) -> Iterator[Extracted]:
+    def map(self, jobs: Iterable[ExtractJob]) -> list[Extracted]:
         jobs = list(jobs)
         if self._executor is None:
-            return map(extract_article, jobs)
+            return [extract_article(job) for job in jobs]
         chunksize = max(1, min(8, len(jobs) // (self.workers * 4) or 1))
-        return self._executor.map(extract_article, jobs, chunksize=chunksize)
+        try:
+            return list(self._executor.map(extract_article, jobs, chunksize=chunksize))
+        except BrokenProcessPool:
+            # A worker died (a crash in lxml, the OOM killer): find the page that did it by
+            # running the batch one page at a time in a fresh pool; the others still get extracted.
+            return self._one_by_one(jobs)
+
+    def _one_by_one(self, jobs: list[ExtractJob]) -> list[Extracted]:
+        self._restart()
+        results = []
+        for job in jobs:
+            try:
+                results.append(self._executor.submit(extract_article, job).result())
+            except BrokenProcessPool:
+                results.append(Extracted(key=job.key, text=None, error="extractor process died on this page"))
+                self._restart()
+        return results
 
 
 def extract_batch(jobs: list[ExtractJob], pool: ExtractorPool | None = None) -> list[Extracted]:
     if pool is None:
         return [extract_article(job) for job in jobs]
-    return list(pool.map(jobs))
+    return pool.map(jobs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from html import escape
 
 from newsflow.loopback import Route
@@ -54,7 +54,9 @@ def article_page(story: Story, canonical: str | None = None, site_name: str = "T
     for i, p in enumerate(story.paragraphs):
         body.append(f"<p>{escape(p)}</p>")
         if i == 1:
-            body.append('<aside class="related"><a href="/other.html">Related: Unrelated headline here</a></aside>')
+            body.append(
+                '<aside class="related"><a href="/other.html">Related: Unrelated headline here</a></aside>'
+            )
     canonical_tag = f'<link rel="canonical" href="{escape(canonical)}">' if canonical else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(story.title)} | {site_name}</title>
@@ -146,4 +148,6 @@ def page_route(story: Story, **kwargs) -> Route:
 
 
 def feeds_toml(urls: list[str]) -> str:
-    return "".join(f'[[feeds]]\nurl = "{u}"\nname = "feed {i}"\ntags = ["test"]\n\n' for i, u in enumerate(urls))
+    return "".join(
+        f'[[feeds]]\nurl = "{u}"\nname = "feed {i}"\ntags = ["test"]\n\n' for i, u in enumerate(urls)
+    )

@@ -121,6 +121,16 @@ def test_full_poll_end_to_end(prefect_api, newsflow_env, tmp_path, news_site):
     assert (
         con.execute("SELECT count(*) FROM read_parquet(?, hive_partitioning=true)", [glob]).fetchone()[0] == 6
     )
+    import polars as pl
+
+    frame = pl.read_parquet(
+        str(newsflow_env / "parquet" / "articles" / "**" / "*.parquet"), hive_partitioning=True
+    )
+    assert (
+        frame.height == 6
+        and "ingest_date" in frame.columns
+        and set(frame["title"]) == {s.title for s in news_site.stories}
+    )
     runs = query(newsflow_env, "SELECT status, pages_fetched FROM runs")
     assert runs == [("completed", 6)]
 
