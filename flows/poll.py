@@ -71,7 +71,13 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
 
     _publish(summary)
     for f in summary.failures:
-        logger.warning("%s failed: %s [%s] %s", f["kind"], f["url"], f["error_class"], f["error"])
+        logger.info("%s failed: %s [%s] %s", f["kind"], f["url"], f["error_class"], f["error"])
+    if summary.failures:
+        logger.warning(
+            "%d feed(s) and %d page(s) failed; each is recorded in fetch_log with its error class",
+            summary.feeds_failed,
+            summary.pages_failed,
+        )
     return {"run_id": ctx.run_id, **summary.counts(), "failures": summary.failures}
 
 
