@@ -172,8 +172,11 @@ def extract_article(job: ExtractJob) -> Extracted:
 
 
 def _warm_up() -> None:
-    import py3langid  # noqa: F401
+    """Pay the imports and the language model's loading before the first page, not during it."""
+    import py3langid
     import trafilatura  # noqa: F401
+
+    py3langid.classify("warm up the language identification model")
 
 
 class ExtractorPool:
