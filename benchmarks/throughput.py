@@ -64,15 +64,22 @@ def pipeline_chunksize(n_jobs: int, workers: int) -> int:
     return max(1, min(8, n_jobs // (workers * 4) or 1))
 
 
-def measure_limit(pages: Sequence[CorpusPage], workers: int) -> dict[str, Any]:
+def plain_trafilatura(job: ExtractJob) -> str | None:
+    """trafilatura alone: main text only, the pipeline's text options, no metadata."""
+    import trafilatura
+
+    return trafilatura.extract(job.body, url=job.url, include_comments=False)
+
+
+def measure_limit(pages: Sequence[CorpusPage], workers: int, fn=extract_article) -> dict[str, Any]:
     jobs = [ExtractJob(key=p.key, url=p.url, body=p.html, content_type=HTML_CONTENT_TYPE) for p in pages]
     with warm_pool(workers) as pool:
         started = time.perf_counter()
-        results = list(pool.map(extract_article, jobs, chunksize=pipeline_chunksize(len(jobs), workers)))
+        results = list(pool.map(fn, jobs, chunksize=pipeline_chunksize(len(jobs), workers)))
         wall = time.perf_counter() - started
     return {
         "pages": len(jobs),
-        "with_text": sum(r.text is not None for r in results),
+        "with_text": sum(bool(r if r is None or isinstance(r, str) else r.text) for r in results),
         "workers": workers,
         "seconds": round(wall, 2),
         "pages_per_second": round(len(jobs) / wall, 2),
@@ -200,11 +207,14 @@ def _cleanup(data_dir: Path, keep: bool) -> None:
 
 def derived(results: dict[str, Any]) -> dict[str, Any]:
     limit, nf, startup = results.get("limit"), results.get("newsflow"), results.get("startup")
+    plain = results.get("limit_plain_trafilatura")
     out: dict[str, Any] = {}
     if not nf or "pages_per_second" not in nf:
         return out
     if limit:
         out["newsflow_over_limit"] = round(nf["pages_per_second"] / limit["pages_per_second"], 3)
+    if plain:
+        out["newsflow_over_plain_trafilatura"] = round(nf["pages_per_second"] / plain["pages_per_second"], 3)
     if startup and startup["returncode"] == 0 and nf["seconds"] > startup["seconds"]:
         steady = nf["articles"] / (nf["seconds"] - startup["seconds"])
         out["newsflow_pages_per_second_without_startup"] = round(steady, 2)
@@ -218,6 +228,9 @@ def table_rows(results: dict[str, Any]) -> list[list[object]]:
     if limit := results.get("limit"):
         label = f"limit: extract_article, {limit['workers']} procs"
         rows.append([label, limit["pages"], limit["seconds"], limit["pages_per_second"]])
+    if plain := results.get("limit_plain_trafilatura"):
+        label = f"trafilatura.extract alone (no metadata), {plain['workers']} procs"
+        rows.append([label, plain["pages"], plain["seconds"], plain["pages_per_second"]])
     if startup := results.get("startup"):
         rows.append(["startup: newsflow poll, no feeds", 0, startup["seconds"], None])
     if nf := results.get("newsflow"):
@@ -278,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             f"limit: extracting {len(pages)} pages on {args.workers} processes", file=sys.stderr, flush=True
         )
         results["limit"] = measure_limit(pages, args.workers)
+        results["limit_plain_trafilatura"] = measure_limit(pages, args.workers, plain_trafilatura)
     if not args.limit_only:
         results["poll_env"] = POLL_ENV
         if not args.no_startup:

@@ -54,17 +54,29 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
         plan = t.plan_entries(outcomes, wh, settings)
         _count_feeds(summary, outcomes, plan)
 
-        # Fetching the next batch (I/O, a worker thread) overlaps extracting this one (CPU, the
-        # process pool); at most two batches of pages are in memory.
+        # A pipeline over batches of pages: while batch n is deduplicated and loaded (this
+        # thread), batch n+1 is extracted (the process pool) and archived (a worker thread) and
+        # batch n+2 is fetched (another worker thread). At most three batches are in memory.
         batches = list(chunks(plan.pages, settings.batch_size))
         next_fetch = t.fetch_pages.submit(batches[0], settings) if batches else None
+        pending = None
         for i, jobs in enumerate(batches):
             results = next_fetch.result()
             if i + 1 < len(batches):
                 next_fetch = t.fetch_pages.submit(batches[i + 1], settings)
-            extracted = t.extract_pages(results, pool)
-            pages = t.dedup_articles(jobs, results, extracted, wh)
-            t.load_pages(pages, wh, ctx, summary)
+            batch_id = ctx.next_batch_id()
+            current = (
+                jobs,
+                results,
+                batch_id,
+                t.extract_pages.submit(results, pool),
+                t.archive_pages.submit(results, settings.data_dir, batch_id),
+            )
+            if pending is not None:
+                _dedup_and_load(pending, wh, ctx, summary)
+            pending = current
+        if pending is not None:
+            _dedup_and_load(pending, wh, ctx, summary)
 
         t.load_feeds(specs, outcomes, plan, wh, ctx)
         t.record_run(wh, ctx, summary, "completed")
@@ -79,6 +91,12 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
             summary.pages_failed,
         )
     return {"run_id": ctx.run_id, **summary.counts(), "failures": summary.failures}
+
+
+def _dedup_and_load(batch, wh: Warehouse, ctx: RunContext, summary: RunSummary) -> None:
+    jobs, results, batch_id, extracted, archived = batch
+    pages = t.dedup_articles(jobs, results, extracted.result(), wh)
+    t.load_pages(pages, archived.result(), batch_id, wh, ctx, summary)
 
 
 def _count_feeds(summary: RunSummary, outcomes, plan) -> None:

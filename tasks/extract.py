@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import version
 
 EXTRACTOR_NAME = "trafilatura"
@@ -46,6 +47,7 @@ _META_CHARSET = re.compile(rb"<meta[^>]+charset", re.I)
 _MIN_TEXT_FOR_LANGID = 40
 
 
+@cache
 def extractor_version() -> str:
     return f"{EXTRACTOR_NAME} {version('trafilatura')}"
 
@@ -179,6 +181,10 @@ def _warm_up() -> None:
     py3langid.classify("warm up the language identification model")
 
 
+def _ready() -> bool:
+    return True
+
+
 class ExtractorPool:
     """A process pool sized to the cores, kept for a whole run (start-up is paid once)."""
 
@@ -198,6 +204,10 @@ class ExtractorPool:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm_up,
         )
+        # Start the workers now (they spawn on the first submit): their imports then overlap
+        # the feed fetching that comes before the first batch of pages.
+        for _ in range(self.workers):
+            self._executor.submit(_ready)
 
     def _restart(self) -> None:
         if self._executor is not None:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from tasks.dedup import (
     DedupCandidate,
@@ -244,20 +245,33 @@ def article_row(
     }
 
 
+RawRef = tuple[str | None, int | None]  # (WARC path under the data dir, record offset)
+
+
+def archive_raw(data_dir: Path, load_batch: str, results: Sequence[FetchResult]) -> list[RawRef]:
+    """Write the batch's response bodies to its WARC file; one reference per result."""
+    archive = RawArchiveWriter(data_dir, raw_path_for(load_batch, datetime.now(UTC)))
+    try:
+        offsets = [archive.add(r) for r in results]
+        path = archive.commit()
+    except BaseException:
+        archive.abort()
+        raise
+    return [(path, o) if o is not None else (None, None) for o in offsets]
+
+
 def page_batch_rows(
     pages: Sequence[PageArticle],
+    raw_refs: Sequence[RawRef],
     ctx: RunContext,
     load_batch: str,
-    archive: RawArchiveWriter,
     summary: RunSummary,
 ) -> dict[str, list[dict]]:
-    """Rows for one batch of pages; the raw bodies are appended to ``archive`` on the way."""
+    """Rows for one batch of pages (entries, articles, fetch_log); counts go to ``summary``."""
     rows: dict[str, list[dict]] = {"entries": [], "articles": [], "fetch_log": []}
     now = datetime.now(UTC)
-    for n, page in enumerate(pages):
+    for n, (page, raw) in enumerate(zip(pages, raw_refs, strict=True)):
         result = page.result
-        offset = archive.add(result)
-        raw = (archive.relative_path, offset) if offset is not None else (None, None)
         rows["fetch_log"].append(fetch_log_row(result, "page", ctx, load_batch, n, raw))
         entries = page.job.entries
         if result.ok:
@@ -346,7 +360,3 @@ def feed_rows(
             }
         )
     return rows
-
-
-def raw_archive_for(data_dir, load_batch: str) -> RawArchiveWriter:
-    return RawArchiveWriter(data_dir, raw_path_for(load_batch, datetime.now(UTC)))

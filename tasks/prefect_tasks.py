@@ -74,18 +74,21 @@ def dedup_articles(jobs, results, extracted, wh: Warehouse) -> list[load.PageArt
     return load.dedup_pages(pages, wh.known_canonical(canonicals), wh.known_hashes(hashes))
 
 
+@task(name="archive-pages", **_TASK)
+def archive_pages(results: Sequence[fetch.FetchResult], data_dir: Path, batch_id: str) -> list[load.RawRef]:
+    return load.archive_raw(data_dir, batch_id, results)
+
+
 @task(name="load-pages", **_TASK)
 def load_pages(
-    pages: Sequence[load.PageArticle], wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary
+    pages: Sequence[load.PageArticle],
+    raw_refs: Sequence[load.RawRef],
+    batch_id: str,
+    wh: Warehouse,
+    ctx: load.RunContext,
+    summary: load.RunSummary,
 ):
-    batch_id = ctx.next_batch_id()
-    archive = load.raw_archive_for(wh.data_dir, batch_id)
-    try:
-        rows = load.page_batch_rows(pages, ctx, batch_id, archive, summary)
-        archive.commit()
-    except BaseException:
-        archive.abort()
-        raise
+    rows = load.page_batch_rows(pages, raw_refs, ctx, batch_id, summary)
     return wh.load_batch(batch_id, ctx.run_id, rows)
 
 
@@ -101,20 +104,15 @@ def load_feeds(
     fetch in one batch, then the feeds' new state (validators last: a crash before this point
     makes the next run fetch the feeds again rather than miss entries)."""
     batch_id = ctx.next_batch_id()
-    archive = load.raw_archive_for(wh.data_dir, batch_id)
+    # Unchanged feeds (304, same bytes) have nothing new to archive.
+    refs = iter(load.archive_raw(wh.data_dir, batch_id, [o.result for o in outcomes if not o.unchanged]))
     rows: dict[str, list[dict]] = {"fetch_log": [], "entries": []}
-    try:
-        for n, o in enumerate(outcomes):
-            offset = None if o.unchanged else archive.add(o.result)
-            raw = (archive.relative_path, offset) if offset is not None else (None, None)
-            rows["fetch_log"].append(
-                load.fetch_log_row(o.result, "feed", ctx, batch_id, n, raw, (o.error_class, o.error_message))
-            )
-        rows["entries"] = load.known_entry_rows(plan.known, plan.no_link, ctx, batch_id)
-        archive.commit()
-    except BaseException:
-        archive.abort()
-        raise
+    for n, o in enumerate(outcomes):
+        raw = (None, None) if o.unchanged else next(refs)
+        rows["fetch_log"].append(
+            load.fetch_log_row(o.result, "feed", ctx, batch_id, n, raw, (o.error_class, o.error_message))
+        )
+    rows["entries"] = load.known_entry_rows(plan.known, plan.no_link, ctx, batch_id)
     counts = wh.load_batch(batch_id, ctx.run_id, rows)
     new_per_feed: dict[str, int] = {}
     for job in plan.pages:
