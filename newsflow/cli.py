@@ -131,10 +131,13 @@ def _finish(state, started: float) -> int:
     return 0
 
 
-DEMO_QUERY = """SELECT left(a.title, 60) AS title, a.author, CAST(a.published_at AS DATE) AS published,
-       a.language, a.text_chars, d.title IS NOT NULL AS is_copy, a.duplicate_reason
-FROM articles a LEFT JOIN articles d ON d.article_id = a.duplicate_of
-ORDER BY a.published_at, a.title"""
+DEMO_QUERY = """SELECT left(a.title, 50) AS title, a.author, CAST(a.published_at AS DATE) AS published,
+       a.text_chars, count(e.entry_key) AS feed_entries,
+       o.url IS NOT NULL AS is_copy, a.duplicate_reason, regexp_extract(o.url, '/[^/?]+[.]html') AS copy_of
+FROM articles a
+LEFT JOIN entries e ON e.article_id = a.article_id
+LEFT JOIN articles o ON o.article_id = a.duplicate_of
+GROUP BY ALL ORDER BY published, title, is_copy"""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
