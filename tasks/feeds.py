@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.fetch import FetchRequest
+from tasks.fetch import ACCEPT_FEED, FetchRequest
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ def feed_requests(
     for spec in specs:
         v = validators.get(spec.url, FeedValidators())
         requests.append(
-            FetchRequest(url=spec.url, max_bytes=max_bytes, etag=v.etag, last_modified=v.last_modified)
+            FetchRequest(
+                url=spec.url,
+                max_bytes=max_bytes,
+                etag=v.etag,
+                last_modified=v.last_modified,
+                accept=ACCEPT_FEED,
+            )
         )
     return requests

@@ -57,6 +57,11 @@ ERROR_CLASSES = (
     "http_other",
 )
 
+ACCEPT_FEED = (
+    "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, "
+    "text/xml;q=0.9, application/json;q=0.8, text/html;q=0.5, */*;q=0.1"
+)
+ACCEPT_PAGE = "text/html, application/xhtml+xml, application/xml;q=0.9, */*;q=0.5"
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
@@ -77,6 +82,7 @@ class FetchRequest:
     max_bytes: int
     etag: str | None = None
     last_modified: str | None = None
+    accept: str = ACCEPT_PAGE
 
 
 @dataclass(frozen=True)
@@ -441,7 +447,7 @@ class Fetcher:
     async def _attempt(self, request: FetchRequest, url: httpx.URL, slot):
         """Follow redirects from ``url`` (whose host slot is ``slot``), checking every hop."""
         redirects: list[str] = []
-        headers = {"Accept": _accept_for(request)}
+        headers = {"Accept": request.accept}
         if request.etag:
             headers["If-None-Match"] = request.etag
         if request.last_modified:
@@ -560,13 +566,6 @@ class Fetcher:
                 return None
             backoff = max(backoff, server_says)
         return backoff
-
-
-def _accept_for(request: FetchRequest) -> str:
-    return (
-        "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, "
-        "text/xml;q=0.9, application/json;q=0.8, text/html;q=0.7, */*;q=0.5"
-    )
 
 
 async def fetch_all_async(requests: Sequence[FetchRequest], settings: Settings) -> list[FetchResult]:

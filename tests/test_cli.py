@@ -72,14 +72,19 @@ def test_poll_then_sql_in_every_format(prefect_api, tmp_path, small_site):
     assert bad.returncode == 1 and "no_such_table" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_readme_queries_run_as_written(prefect_api, tmp_path, small_site):
+def test_readme_queries_run_as_written(prefect_api, tmp_path, small_site, monkeypatch):
     data = tmp_path / "data"
     env = subprocess_env(prefect_api, data)
     assert run(["poll", "--feeds", str(small_site.feeds_file), "--data-dir", str(data)], env).returncode == 0
+    monkeypatch.chdir(tmp_path)  # the README's paths are relative to where ./data is
     con = duckdb.connect(str(data / "newsflow.duckdb"), read_only=True)
-    names = [p.name for p in files("warehouse").joinpath("queries").iterdir() if p.name.endswith(".sql")]
-    assert len(names) >= 5
-    for name in names:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 5
+    for sql in blocks:
+        con.execute(sql).fetchall()
+    shipped = [p.name for p in files("warehouse").joinpath("queries").iterdir() if p.name.endswith(".sql")]
+    for name in shipped:
         con.execute(files("warehouse").joinpath("queries", name).read_text()).fetchall()
     counts = con.execute(
         files("warehouse").joinpath("queries", "articles_per_outlet_per_day.sql").read_text()

@@ -36,6 +36,24 @@ def parquet_rows(data_dir: Path, table: str) -> int:
     return ds.dataset(files, format="parquet").count_rows() if files else 0
 
 
+def _artifact_table(key: str) -> list[dict]:
+    import asyncio
+    import json as _json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+            return max(found, key=lambda a: a.created)
+
+    data = asyncio.run(latest()).data
+    return _json.loads(data) if isinstance(data, str) else data
+
+
 @pytest.fixture
 def news_site(site):
     """Three stories in an RSS feed, two more in an Atom feed, one more in a JSON Feed."""
@@ -133,6 +151,9 @@ def test_full_poll_end_to_end(prefect_api, newsflow_env, tmp_path, news_site):
     )
     runs = query(newsflow_env, "SELECT status, pages_fetched FROM runs")
     assert runs == [("completed", 6)]
+    # The run summary is published as a Prefect artifact of the flow run.
+    summary = {row["measure"]: row["value"] for row in _artifact_table("poll-summary")}
+    assert summary["pages_fetched"] == 6 and summary["feeds_polled"] == 3
 
 
 def test_second_poll_is_not_modified_and_adds_nothing(prefect_api, newsflow_env, tmp_path, news_site):
