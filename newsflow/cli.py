@@ -204,15 +204,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_feeds_list(args: argparse.Namespace) -> int:
-    from tasks.feeds import load_feed_list
-
-    path = Path(args.feeds or os.environ.get("NEWSFLOW_FEEDS_FILE") or "feeds.toml")
-    specs = load_feed_list(path)
-    print_rows(["url", "name", "tags"], [(s.url, s.name, list(s.tags)) for s in specs], args.format)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newsflow", description="News feeds into a queryable warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,12 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_sql)
 
-    p = sub.add_parser("feeds", help="the feed list")
-    feeds_sub = p.add_subparsers(dest="feeds_command", required=True)
-    q = feeds_sub.add_parser("list", help="list the feeds in feeds.toml")
-    q.add_argument("--feeds", type=Path)
-    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    q.set_defaults(func=cmd_feeds_list)
+    # Command groups with modules of their own.
+    from newsflow import cli_feeds
+
+    for group in (cli_feeds,):
+        group.register(sub)
     return parser
 
 
