@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ CORPUS_ENV = "NEWSFLOW_CORPUS_DIR"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 RSS_CONTENT_TYPE = "application/rss+xml; charset=utf-8"
 FEED_PATH = "/rss.xml"
+SITEMAP_PATH = "/sitemap.xml.gz"
+SITEMAP_INDEX_PATH = "/sitemap_index.xml"
 _FALLBACK_PUBDATE = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -169,6 +171,32 @@ def rss_feed(site_url: str, pages: Sequence[CorpusPage]) -> bytes:
     ).encode()
 
 
+def _iso_date(page: CorpusPage, n: int) -> str:
+    return parsedate_to_datetime(_pub_date(page, n)).date().isoformat()
+
+
+def sitemap(site_url: str, pages: Sequence[CorpusPage]) -> bytes:
+    """A gzipped sitemap of the site's pages, with lastmod."""
+    urls = "".join(
+        f"<url><loc>{escape(site_url + page.path)}</loc><lastmod>{_iso_date(page, n)}</lastmod></url>\n"
+        for n, page in enumerate(pages)
+    )
+    return gzip.compress(
+        (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n{urls}</urlset>\n'
+        ).encode()
+    )
+
+
+def sitemap_index(sitemap_urls: Sequence[str]) -> bytes:
+    entries = "".join(f"<sitemap><loc>{escape(u)}</loc></sitemap>\n" for u in sitemap_urls)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n{entries}</sitemapindex>\n'
+    ).encode()
+
+
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -181,6 +209,7 @@ class CorpusSites:
     sites: list[LoopbackSite]
     feed_urls: list[str]
     pages: list[tuple[str, str, str]]  # (url, corpus, id)
+    sitemap_index_url: str = ""  # on the first site: an index of every site's gzipped sitemap
     _stopped: bool = False
 
     def write_feeds_toml(self, path: str | os.PathLike[str]) -> Path:
@@ -232,7 +261,12 @@ def serve_corpus(
         for site in sites:
             site.stop()
         raise
-    return CorpusSites(sites=sites, feed_urls=[s.url(FEED_PATH) for s in sites], pages=served)
+    return CorpusSites(
+        sites=sites,
+        feed_urls=[s.url(FEED_PATH) for s in sites],
+        pages=served,
+        sitemap_index_url=sites[0].url(SITEMAP_INDEX_PATH),
+    )
 
 
 def _add_routes(sites: Sequence[LoopbackSite], pages: Sequence[CorpusPage]) -> list[tuple[str, str, str]]:
@@ -243,6 +277,10 @@ def _add_routes(sites: Sequence[LoopbackSite], pages: Sequence[CorpusPage]) -> l
             site.routes[page.path] = Route(body=page.html, content_type=HTML_CONTENT_TYPE)
             served.append((site.url(page.path), page.corpus, page.page_id))
         site.routes[FEED_PATH] = Route(body=rss_feed(site.base_url, share), content_type=RSS_CONTENT_TYPE)
+        site.routes[SITEMAP_PATH] = Route(body=sitemap(site.base_url, share), content_type="application/gzip")
+    sites[0].routes[SITEMAP_INDEX_PATH] = Route(
+        body=sitemap_index([s.url(SITEMAP_PATH) for s in sites]), content_type="application/xml"
+    )
     return served
 
 
@@ -272,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     for url in corpus.feed_urls:
         print(f"  {url}")
     print(f"feeds file: {feeds_file}")
+    print(f"sitemap index: {corpus.sitemap_index_url}")
     print(
         "try: NEWSFLOW_ALLOW_PRIVATE_NETWORKS=1 NEWSFLOW_HOST_MIN_DELAY=0 "
         f"newsflow poll --feeds {feeds_file} --data-dir /tmp/newsflow-corpus-data"

@@ -7,19 +7,20 @@ message, up to ``NEWSFLOW_LOCK_TIMEOUT`` seconds, then stops cleanly.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.pipeline import process_pages
 from newsflow.settings import build_settings
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from warehouse.lock import WarehouseBusy, WriterLock
-from warehouse.store import Warehouse, chunks
+from warehouse.store import Warehouse
 
 BUSY_STATE = "WarehouseBusy"
 
@@ -54,29 +55,8 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
         plan = t.plan_entries(outcomes, wh, settings)
         _count_feeds(summary, outcomes, plan)
 
-        # A pipeline over batches of pages: while batch n is deduplicated and loaded (this
-        # thread), batch n+1 is extracted (the process pool) and archived (a worker thread) and
-        # batch n+2 is fetched (another worker thread). At most three batches are in memory.
-        batches = list(chunks(plan.pages, settings.batch_size))
-        next_fetch = t.fetch_pages.submit(batches[0], settings) if batches else None
-        pending = None
-        for i, jobs in enumerate(batches):
-            results = next_fetch.result()
-            if i + 1 < len(batches):
-                next_fetch = t.fetch_pages.submit(batches[i + 1], settings)
-            batch_id = ctx.next_batch_id()
-            current = (
-                jobs,
-                results,
-                batch_id,
-                t.extract_pages.submit(results, pool),
-                t.archive_pages.submit(results, settings.data_dir, batch_id),
-            )
-            if pending is not None:
-                _dedup_and_load(pending, wh, ctx, summary)
-            pending = current
-        if pending is not None:
-            _dedup_and_load(pending, wh, ctx, summary)
+        # One warehouse session for the whole poll: it holds the writer lock from start to end.
+        process_pages(plan.pages, settings, pool, ctx, summary, session=lambda: nullcontext(wh))
 
         t.load_feeds(specs, outcomes, plan, wh, ctx)
         t.record_run(wh, ctx, summary, "completed")
@@ -91,12 +71,6 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
             summary.pages_failed,
         )
     return {"run_id": ctx.run_id, **summary.counts(), "failures": summary.failures}
-
-
-def _dedup_and_load(batch, wh: Warehouse, ctx: RunContext, summary: RunSummary) -> None:
-    jobs, results, batch_id, extracted, archived = batch
-    pages = t.dedup_articles(jobs, results, extracted.result(), wh)
-    t.load_pages(pages, archived.result(), batch_id, wh, ctx, summary)
 
 
 def _count_feeds(summary: RunSummary, outcomes, plan) -> None:

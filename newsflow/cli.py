@@ -227,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     # Command groups with modules of their own.
-    from newsflow import cli_feeds
+    from newsflow import cli_backfill, cli_feeds, cli_warehouse
 
-    for group in (cli_feeds,):
+    for group in (cli_feeds, cli_backfill, cli_warehouse):
         group.register(sub)
     return parser
 

@@ -60,6 +60,7 @@ class RunSummary:
     pages_failed: int = 0
     articles_extracted: int = 0
     duplicates: int = 0
+    skipped_known: int = 0  # backfill: URLs already stored, not fetched again
     failures: list[dict] = field(default_factory=list)  # url, kind, error_class, message
 
     def counts(self) -> dict[str, int]:

@@ -127,6 +127,15 @@ def load_feeds(
     return counts
 
 
+@task(name="load-known-entries", **_TASK)
+def load_known_entries(plan: dedup.EntryPlan, wh: Warehouse, ctx: load.RunContext) -> dict[str, int]:
+    """Entries that needed no fetch (link already stored, or no link), in a batch of their own."""
+    batch_id = ctx.next_batch_id()
+    return wh.load_batch(
+        batch_id, ctx.run_id, {"entries": load.known_entry_rows(plan.known, plan.no_link, ctx, batch_id)}
+    )
+
+
 @task(name="record-run", **_TASK)
 def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, status: str) -> None:
     counts = summary.counts()

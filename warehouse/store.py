@@ -14,7 +14,8 @@ and temporary files are removed. DuckDB is the record of what was committed.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
+from warehouse.lock import WriterLock
 
 APPEND_TABLES = ("entries", "articles", "fetch_log")  # immutable rows, one Parquet file per batch
 SNAPSHOT_TABLES = ("feeds", "runs")  # small, rewritten whole at the end of a run
@@ -265,3 +267,16 @@ def parquet_glob(data_dir: Path | str, table: str) -> str:
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+@contextmanager
+def writer_session(
+    data_dir: Path, lock_timeout: float, purpose: str, on_wait: Callable[[str], None] | None = None
+) -> Iterator[Warehouse]:
+    """The writer lock and a warehouse connection, for one unit of work (a backfill batch).
+
+    Closing the connection matters as much as releasing the lock: DuckDB lets no other process
+    open the file, even to read, while this one has it open.
+    """
+    with WriterLock(data_dir, lock_timeout, purpose, on_wait=on_wait), Warehouse(data_dir) as wh:
+        yield wh

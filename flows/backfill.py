@@ -1,0 +1,168 @@
+"""The backfill flow: bring in articles that no feed shows any more.
+
+Sources (exactly one per run): a list of URLs, a sitemap (index, gzip, Google News), a feed's
+paginated archive, or ``reextract`` (run extraction again over the stored raw pages, no network).
+
+Idempotent and resumable by construction: every page already stored is skipped before its batch
+is fetched, every batch is one committed transaction, and a run killed at any point leaves what it
+committed, which the next run skips. The writer lock is taken per batch, so scheduled polls keep
+running during a long backfill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from flows.pipeline import process_pages
+from flows.poll import BUSY_STATE
+from newsflow.settings import build_settings
+from tasks import dedup, sources
+from tasks import prefect_tasks as t
+from tasks.extract import ExtractorPool
+from tasks.load import RunContext, RunSummary
+from warehouse.lock import WarehouseBusy
+from warehouse.store import writer_session
+
+# The CLI registers a progress bar here; a flow run on a worker has none.
+PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
+
+
+BACKFILL_COUNTS = (
+    "new_entries", "skipped_known", "pages_fetched", "pages_failed", "articles_extracted", "duplicates",
+)  # fmt: skip
+
+
+class BackfillError(ValueError):
+    pass
+
+
+@flow(name="newsflow-backfill", log_prints=False)
+def backfill_flow(
+    urls_file: str | None = None,
+    sitemap: str | None = None,
+    feed: str | None = None,
+    pages: int = 10,
+    since: date | None = None,
+    until: date | None = None,
+    reextract: bool = False,
+    data_dir: str | None = None,
+) -> dict:
+    """Backfill from one source: ``urls_file``, ``sitemap``, ``feed`` (with ``pages``), or
+    ``reextract``; ``since``/``until`` bound sitemap dates and re-extraction fetch dates."""
+    logger = get_run_logger()
+    chosen = [name for name, v in (("urls_file", urls_file), ("sitemap", sitemap), ("feed", feed)) if v]
+    if reextract and feed:
+        chosen.remove("feed")  # with --reextract, --feed selects the articles to re-extract
+    if len(chosen) + bool(reextract) != 1:
+        raise BackfillError("choose exactly one source: urls_file, sitemap, feed or reextract")
+    settings = build_settings(data_dir=data_dir)
+    ctx = RunContext.new("backfill", flow_run.id)
+    summary = RunSummary(run_id=ctx.run_id)
+    session = partial(
+        writer_session, settings.data_dir, settings.lock_timeout, f"backfill run {ctx.run_id}", logger.warning
+    )
+    try:
+        with session() as wh:
+            repaired = wh.recover()
+    except WarehouseBusy as exc:
+        logger.error(str(exc))
+        return Failed(name=BUSY_STATE, message=str(exc))
+    if any(repaired.values()):
+        logger.warning("repaired what an interrupted run left behind: %s", repaired)
+
+    if reextract:
+        from flows.reextract import reextract_articles
+
+        return reextract_articles(settings, ctx, session, since=since, until=until, feed_url=feed)
+
+    jobs, entry_plan, notes = _collect(
+        settings, session, urls_file, sitemap, feed, pages, since, until, summary
+    )
+    logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
+    report = _progress_reporter(len(jobs), logger)
+    with ExtractorPool(settings.extract_workers) as pool:
+        process_pages(jobs, settings, pool, ctx, summary, session, skip_known=True, progress=report)
+    with session() as wh:
+        if entry_plan is not None:
+            t.load_known_entries(entry_plan, wh, ctx)
+        t.record_run(wh, ctx, summary, "completed")
+    counts = summary.counts()
+    result = {
+        "run_id": ctx.run_id,
+        "source": chosen[0],
+        "pages_planned": len(jobs),
+        **{k: counts[k] for k in BACKFILL_COUNTS},
+    }
+    create_markdown_artifact(
+        key="backfill-report",
+        markdown="\n".join(["# newsflow backfill", "", *(f"- {n}" for n in notes), "", _table(result)]),
+        description="newsflow backfill report",
+    )
+    return {**result, "notes": notes, "failures": summary.failures}
+
+
+def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, summary):
+    """The pages to fetch (and, for a feed, the entry plan), with notes for the report."""
+    notes: list[str] = []
+    if urls_file:
+        urls, rejected = sources.read_url_list(Path(urls_file))
+        notes.append(f"{len(urls)} URLs from {urls_file}")
+        if rejected:
+            notes.append(f"{len(rejected)} lines refused (not http/https): {rejected[:5]}")
+        return _jobs_for_urls(urls), None, notes
+    if sitemap:
+        walk = sources.walk_sitemaps(sitemap, settings, since, until)
+        notes.append(
+            f"{len(walk.urls)} URLs from {walk.sitemaps_fetched} sitemap(s); {walk.out_of_window} outside "
+            f"{since or '…'} – {until or '…'}"
+        )
+        for url, error_class, message in walk.failures:
+            summary.add_failure("sitemap", url, error_class, message)
+        return _jobs_for_urls([u.loc for u in walk.urls]), None, notes
+    walk = sources.walk_feed_archive(feed, pages, settings)
+    notes.append(f"{len(walk.entries)} entries from {walk.pages_fetched} page(s) of {feed} ({walk.how})")
+    for url, error_class, message in walk.failures:
+        summary.add_failure("feed", url, error_class, message)
+    candidates = dedup.keyed_entries([(feed, walk.entries)])
+    with session() as wh:
+        seen = wh.seen_entry_keys([c.entry_key for c in candidates])
+        link_keys = list({c.link_key for c in candidates if c.link_key and c.entry_key not in seen})
+        plan = dedup.plan_entries(candidates, seen, wh.known_url_keys(link_keys), max(1, len(candidates)))
+    summary.new_entries = sum(len(j.entries) for j in plan.pages) + len(plan.known) + len(plan.no_link)
+    summary.duplicates += len(plan.known)
+    return plan.pages, plan, notes
+
+
+def _jobs_for_urls(urls: list[str]) -> list[dedup.PageJob]:
+    jobs: dict[str, dedup.PageJob] = {}
+    for url in urls:
+        key = dedup.canonicalize_url(url)
+        if key and key not in jobs:
+            jobs[key] = dedup.PageJob(article_id=dedup.article_id_for(key), url=url, url_key=key, entries=())
+    return list(jobs.values())
+
+
+def _progress_reporter(total: int, logger) -> Callable[[int, int], None]:
+    """Progress to the terminal (listeners), to the Prefect run (a progress artifact) and the log."""
+    artifact = create_progress_artifact(0.0, key="backfill-progress", description="pages processed")
+
+    def report(done: int, total_pages: int) -> None:
+        for listener in PROGRESS_LISTENERS:
+            listener(done, total_pages)
+        update_progress_artifact(artifact, 100.0 * done / max(1, total_pages))
+        logger.info("backfill: %d / %d pages", done, total_pages)
+
+    return report
+
+
+def _table(result: dict) -> str:
+    rows = [f"| {k} | {v} |" for k, v in result.items() if not isinstance(v, list | dict)]
+    return "\n".join(["| measure | value |", "| --- | --- |", *rows])
