@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EX_TEMPFAIL = 75  # sysexits: try again later (the warehouse is busy)
@@ -74,7 +75,7 @@ def print_rows(columns: list[str], rows: list[tuple], fmt: str, title: str | Non
         for c in columns:
             table.add_column(c, overflow="fold")
         for row in rows:
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(escape(_cell(v)) for v in row))  # data, not rich markup
         console.print(table)
         console.print(f"[dim]{len(rows)} row(s)[/dim]")
 

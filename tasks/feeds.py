@@ -46,6 +46,8 @@ def load_feed_list(path: Path) -> list[FeedSpec]:
         tags = item.get("tags", [])
         if isinstance(tags, str):
             tags = [tags]
+        if not isinstance(tags, list):
+            raise ValueError(f"{path}: feeds[{i}].tags must be a string or a list of strings")
         specs.append(FeedSpec(url=url, name=item.get("name"), tags=tuple(str(t) for t in tags)))
     return specs
 
