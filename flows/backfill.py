@@ -23,6 +23,7 @@ from prefect.states import Failed
 
 from flows.pipeline import process_pages
 from flows.poll import BUSY_STATE
+from flows.reextract import reextract_articles
 from newsflow.settings import build_settings
 from tasks import dedup, sources
 from tasks import prefect_tasks as t
@@ -79,15 +80,27 @@ def backfill_flow(
         logger.warning("repaired what an interrupted run left behind: %s", repaired)
 
     if reextract:
-        from flows.reextract import reextract_articles
-
-        return reextract_articles(settings, ctx, session, since=since, until=until, feed_url=feed)
+        counts = reextract_articles(
+            settings, ctx, summary, session, _progress_reporter(logger), since, until, feed
+        )
+        with session() as wh:
+            t.record_run(wh, ctx, summary, "completed")
+        result = {
+            "run_id": ctx.run_id,
+            "source": "reextract",
+            **counts,
+            "articles_extracted": summary.articles_extracted,
+        }
+        create_markdown_artifact(
+            key="backfill-report", markdown=_table(result), description="newsflow re-extraction"
+        )
+        return {**result, "notes": [], "failures": []}
 
     jobs, entry_plan, notes = _collect(
         settings, session, urls_file, sitemap, feed, pages, since, until, summary
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
-    report = _progress_reporter(len(jobs), logger)
+    report = _progress_reporter(logger)
     with ExtractorPool(settings.extract_workers) as pool:
         process_pages(jobs, settings, pool, ctx, summary, session, skip_known=True, progress=report)
     with session() as wh:
@@ -150,7 +163,7 @@ def _jobs_for_urls(urls: list[str]) -> list[dedup.PageJob]:
     return list(jobs.values())
 
 
-def _progress_reporter(total: int, logger) -> Callable[[int, int], None]:
+def _progress_reporter(logger) -> Callable[[int, int], None]:
     """Progress to the terminal (listeners), to the Prefect run (a progress artifact) and the log."""
     artifact = create_progress_artifact(0.0, key="backfill-progress", description="pages processed")
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     batch_size: int = 200  # pages fetched, extracted and loaded per transaction
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
 
+    # Retention (the maintenance flow): days of raw archive (WARC) to keep; None keeps everything.
+    # Articles are never pruned; an article whose raw page is gone can no longer be re-extracted.
+    raw_retention_days: int | None = Field(None, ge=0)
+
     # Warehouse writer lock
     lock_timeout: float = 900.0  # seconds a second writer waits before giving up cleanly
 

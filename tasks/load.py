@@ -25,7 +25,7 @@ from tasks.dedup import (
 )
 from tasks.extract import EXTRACTOR_NAME, EXTRACTOR_OPTIONS_JSON, Extracted, extractor_version
 from tasks.fetch import FetchResult
-from tasks.parse import FeedOutcome
+from tasks.parse import FeedEntry, FeedOutcome
 from warehouse.raw_archive import RawArchiveWriter, raw_path_for
 
 # A page that failed this way is tried again next run; any other failure is final for its entries.
@@ -92,10 +92,7 @@ def identify_pages(
         if not result.ok:
             pages.append(PageArticle(job, result, None, None, None))
             continue
-        canonical = (ex and trusted_canonical(ex.page_url, result.final_url)) or canonicalize_url(
-            result.final_url
-        )
-        pages.append(PageArticle(job, result, ex, canonical, content_hash(ex.text if ex else None)))
+        pages.append(PageArticle(job, result, ex, *page_identity(ex, result.final_url)))
     return pages
 
 
@@ -199,23 +196,20 @@ def fetch_log_row(
     }
 
 
-def article_row(
-    page: PageArticle, ctx: RunContext, load_batch: str, raw: tuple[str | None, int | None]
+EXTRACTION_COLUMNS = (
+    "title", "author", "published_at", "language", "sitename", "description", "categories", "tags", "image",
+    "canonical_url", "text", "text_chars", "content_hash", "extractor", "extractor_version",
+    "extractor_options", "extraction_error",
+)  # fmt: skip  # what an extraction decides: what re-extraction replaces and keeps a copy of
+
+
+def extraction_columns(
+    ex: Extracted | None, entry: FeedEntry | None, canonical_url: str | None, text_hash: str | None
 ) -> dict:
-    job, result, ex = page.job, page.result, page.extracted
-    first = job.entries[0] if job.entries else None
-    entry = first.entry if first else None
-    decision = page.decision
+    """The article columns an extraction decides. The feed entry's title, author and date win
+    over the page's: publishers fill them in deliberately, pages often decorate them."""
     text = ex.text if ex else None
     return {
-        "article_id": job.article_id,
-        "url": job.url,
-        "url_key": job.url_key,
-        "final_url": result.final_url,
-        "canonical_url": page.canonical_url,
-        "feed_url": first.feed_url if first else None,
-        "entry_key": first.entry_key if first else None,
-        "guid": entry.guid if entry else None,
         "title": (entry.title if entry else None) or (ex.title if ex else None),
         "author": (entry.author if entry else None) or (ex.author if ex else None),
         "published_at": _published(entry.published_at if entry else None, ex.date if ex else None),
@@ -227,19 +221,46 @@ def article_row(
         else list(entry.categories if entry else ()),
         "tags": list(ex.tags) if ex else [],
         "image": ex.image if ex else None,
+        "canonical_url": canonical_url,
         "text": text,
         "text_chars": len(text) if text else 0,
-        "content_hash": page.content_hash,
+        "content_hash": text_hash,
+        "extractor": EXTRACTOR_NAME,
+        "extractor_version": extractor_version(),
+        "extractor_options": EXTRACTOR_OPTIONS_JSON,
+        "extraction_error": ex.error if ex else "not extracted",
+    }
+
+
+def page_identity(ex: Extracted | None, final_url: str) -> tuple[str | None, str | None]:
+    """(canonical URL, content hash) of an extracted page: its dedup keys."""
+    canonical = (ex and trusted_canonical(ex.page_url, final_url)) or canonicalize_url(final_url)
+    return canonical, content_hash(ex.text if ex else None)
+
+
+def article_row(
+    page: PageArticle, ctx: RunContext, load_batch: str, raw: tuple[str | None, int | None]
+) -> dict:
+    job, result = page.job, page.result
+    first = job.entries[0] if job.entries else None
+    decision = page.decision
+    return {
+        "article_id": job.article_id,
+        "url": job.url,
+        "url_key": job.url_key,
+        "final_url": result.final_url,
+        "feed_url": first.feed_url if first else None,
+        "entry_key": first.entry_key if first else None,
+        "guid": first.entry.guid if first else None,
+        **extraction_columns(
+            page.extracted, first.entry if first else None, page.canonical_url, page.content_hash
+        ),
         "duplicate_of": decision.duplicate_of if decision else None,
         "duplicate_reason": decision.reason if decision else None,
         "http_status": result.status,
         "fetched_at": result.fetched_at,
         "raw_path": raw[0],
         "raw_offset": raw[1],
-        "extractor": EXTRACTOR_NAME,
-        "extractor_version": extractor_version(),
-        "extractor_options": EXTRACTOR_OPTIONS_JSON,
-        "extraction_error": ex.error if ex else "not extracted",
         "run_id": ctx.run_id,
         "load_batch": load_batch,
         "ingest_date": result.fetched_at.date(),

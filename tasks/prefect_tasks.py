@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from newsflow.settings import Settings
-from tasks import dedup, feeds, fetch, load, parse
+from tasks import dedup, feeds, fetch, load, parse, reextract
 from tasks.extract import ExtractJob, ExtractorPool, extract_batch
 from warehouse.store import Warehouse
 
@@ -153,3 +153,26 @@ def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, st
         }
     )  # fmt: skip
     wh.export_snapshots()
+
+
+@task(name="select-reextraction", **_TASK)
+def select_reextraction(wh: Warehouse, since, until, feed_url: str | None) -> list[reextract.Candidate]:
+    return [reextract.Candidate(*row) for row in wh.reextraction_candidates(since, until, feed_url)]
+
+
+@task(name="read-raw-pages", **_TASK)
+def read_raw_pages(data_dir: Path, candidates: Sequence[reextract.Candidate]):
+    return reextract.raw_jobs(data_dir, candidates)
+
+
+@task(name="extract-raw-pages", **_TASK)
+def extract_raw_pages(jobs: Sequence[ExtractJob], pool: ExtractorPool) -> list:
+    return extract_batch(list(jobs), pool)
+
+
+@task(name="apply-reextraction", **_TASK)
+def apply_reextraction(wh: Warehouse, extracted, ctx: load.RunContext) -> int:
+    batch_id = ctx.next_batch_id()
+    current = wh.articles_with_entry([e.key for e in extracted])
+    history, updates = reextract.changes(current, extracted, ctx.run_id, batch_id)
+    return wh.apply_reextraction(batch_id, ctx.run_id, history, updates)

@@ -94,7 +94,7 @@ def test_readme_queries_run_as_written(prefect_api, tmp_path, small_site, monkey
 
 def test_two_polls_at_once_both_complete_and_nothing_is_duplicated(prefect_api, tmp_path, small_site):
     for s in small_site.stories:  # slow pages keep the first run inside the warehouse a while
-        small_site.routes[f"/p/{s.slug}.html"].delay = 0.5
+        small_site.routes[f"/p/{s.slug}.html"].delay = 1.2
     data = tmp_path / "data"
     env = subprocess_env(prefect_api, data)
     args = ["poll", "--feeds", str(small_site.feeds_file), "--data-dir", str(data)]

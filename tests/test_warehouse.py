@@ -114,7 +114,8 @@ def ctx() -> RunContext:
 
 def test_migrate_twice_is_a_noop(tmp_path):
     con = connect(tmp_path / "w.duckdb")
-    assert migrate(con) == ["001_initial.sql"]
+    applied = migrate(con)
+    assert applied[0] == "001_initial.sql" and applied == sorted(applied)
     tables_before = sorted(
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     )
@@ -126,13 +127,16 @@ def test_migrate_twice_is_a_noop(tmp_path):
     assert {"runs", "feeds", "entries", "articles", "fetch_log", "load_batches", "schema_migrations"} <= set(
         tables_after
     )
-    assert con.execute("SELECT version, name FROM schema_migrations").fetchall() == [(1, "001_initial.sql")]
+    recorded = con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    assert [name for _, name in recorded] == applied and [v for v, _ in recorded] == [
+        int(n[:3]) for n in applied
+    ]
     con.close()
     # and across processes / reopenings
     with Warehouse(tmp_path / "data") as wh:
-        assert _count(wh.con, "schema_migrations") == 1
+        assert _count(wh.con, "schema_migrations") == len(applied)
     with Warehouse(tmp_path / "data") as wh:
-        assert _count(wh.con, "schema_migrations") == 1
+        assert _count(wh.con, "schema_migrations") == len(applied)
 
 
 # --------------------------------------------------------------------------- load_batch

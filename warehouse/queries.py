@@ -7,6 +7,7 @@ for a poll to finish.
 
 from __future__ import annotations
 
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -48,12 +49,20 @@ def parquet_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_query(data_dir: Path, sql: str) -> tuple[list[str], list[tuple], str]:
-    con, source = open_for_reading(data_dir)
-    try:
-        cur = con.execute(sql)
-        columns = [d[0] for d in cur.description] if cur.description else []
-        rows = cur.fetchall() if cur.description else []
-        return columns, rows, source
-    finally:
-        con.close()
+def run_query(data_dir: Path, sql: str, attempts: int = 3) -> tuple[list[str], list[tuple], str]:
+    for attempt in range(1, attempts + 1):
+        con, source = open_for_reading(data_dir)
+        try:
+            cur = con.execute(sql)
+            columns = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if cur.description else []
+            return columns, rows, source
+        except duckdb.IOException as exc:
+            # Reading Parquet while maintenance swaps a partition in: a file listed a moment ago
+            # is gone. Nothing is wrong; reading again sees the new files.
+            if source != "parquet" or "No such file" not in str(exc) or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+        finally:
+            con.close()
+    raise AssertionError("unreachable")

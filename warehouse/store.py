@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib.resources import files
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
 from warehouse.lock import WriterLock
 
-APPEND_TABLES = ("entries", "articles", "fetch_log")  # immutable rows, one Parquet file per batch
+APPEND_TABLES = ("entries", "articles", "fetch_log", "extraction_history")  # one Parquet file per batch
 SNAPSHOT_TABLES = ("feeds", "runs")  # small, rewritten whole at the end of a run
 
 # Table names are fixed identifiers, never user input: each statement is a constant.
@@ -69,6 +69,37 @@ SQL_UPSERT_FEED = """
 SQL_INSERT_BATCH = "INSERT INTO load_batches VALUES (?, ?, ?, ?, false)"
 SQL_MARK_EXPORTED = "UPDATE load_batches SET exported = true WHERE load_batch = ?"
 SQL_UNEXPORTED = "SELECT load_batch, tables FROM load_batches WHERE NOT exported ORDER BY committed_at"
+
+# Re-extraction (backfill --reextract): candidates, their current values, the in-place update.
+SQL_REEXTRACT_CANDIDATES = """
+    SELECT article_id, final_url, raw_path, raw_offset FROM articles
+    WHERE raw_path IS NOT NULL
+      AND ($since IS NULL OR CAST(fetched_at AS DATE) >= $since)
+      AND ($until IS NULL OR CAST(fetched_at AS DATE) <= $until)
+      AND ($feed IS NULL OR feed_url = $feed)
+    ORDER BY article_id
+"""
+SQL_ARTICLES_WITH_ENTRY = """
+    SELECT a.*, e.title AS entry_title, e.author AS entry_author, e.published_at AS entry_published_at,
+           e.categories AS entry_categories
+    FROM articles a LEFT JOIN entries e ON e.entry_key = a.entry_key
+    WHERE a.article_id IN (SELECT unnest(?::VARCHAR[]))
+"""
+REEXTRACTED_COLUMNS = (
+    "title", "author", "published_at", "language", "sitename", "description", "categories", "tags", "image",
+    "canonical_url", "text", "text_chars", "content_hash", "extractor", "extractor_version",
+    "extractor_options", "extraction_error",
+)  # fmt: skip
+SQL_UPDATE_EXTRACTION = (
+    "UPDATE articles SET "  # noqa: S608 - fixed column names
+    + ", ".join(f"{c} = u.{c}" for c in REEXTRACTED_COLUMNS)
+    + " FROM incoming u WHERE articles.article_id = u.article_id"
+)
+SQL_INGEST_DATES_OF = (
+    "SELECT DISTINCT ingest_date FROM articles WHERE article_id IN (SELECT unnest(?::VARCHAR[]))"
+)
+SQL_PARTITION = {t: f"SELECT * FROM {t} WHERE ingest_date = ?" for t in APPEND_TABLES}  # noqa: S608
+PARTITION_MARK = "@"  # in load_batches.tables: "articles@2026-11-30" = that partition is rewritten
 SQL_INSERT_RUN = "INSERT OR REPLACE INTO runs BY NAME SELECT * FROM incoming"
 
 
@@ -205,9 +236,7 @@ class Warehouse:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        for t in present:
-            self._export_append(t, load_batch, tables[t])
-        con.execute(SQL_MARK_EXPORTED, [load_batch])
+        self._export_batch(load_batch, present, tables)
         return {t: tables[t].num_rows for t in present}
 
     def _export_append(self, table: str, load_batch: str, data: pa.Table) -> None:
@@ -244,18 +273,94 @@ class Warehouse:
             data = self.con.execute(SELECT_ALL[t]).fetch_arrow_table()
             write_parquet_atomic(data, self.parquet_dir / t / f"{t}.parquet")
 
+    def _export_batch(
+        self, load_batch: str, tables: Sequence[str], fresh: Mapping[str, pa.Table] | None = None
+    ):
+        """Write a committed batch's Parquet files (from ``fresh`` rows when given, else from
+        DuckDB), rewrite the partitions it changed in place, then mark it exported."""
+        rewrites: dict[str, list[date]] = defaultdict(list)
+        for t in tables:
+            if PARTITION_MARK in t:
+                table, day = t.split(PARTITION_MARK, 1)
+                rewrites[table].append(date.fromisoformat(day))
+            else:
+                data = (
+                    fresh[t]
+                    if fresh and t in fresh
+                    else self.con.execute(SELECT_BATCH[t], [load_batch]).fetch_arrow_table()
+                )
+                self._export_append(t, load_batch, data)
+        for table, days in rewrites.items():
+            self.rewrite_partitions(table, days)
+        self.con.execute(SQL_MARK_EXPORTED, [load_batch])
+
+    def rewrite_partitions(self, table: str, days: Sequence[date]) -> None:
+        """Replace partitions' Parquet files with what DuckDB holds for them, atomically for readers."""
+        from warehouse.maintenance import replace_partition
+
+        for day in days:
+            data = self.con.execute(SQL_PARTITION[table], [day]).fetch_arrow_table()
+            replace_partition(self.data_dir, table, day, data.drop_columns(["ingest_date"]))
+
+    # ------------------------------------------------------------------ re-extraction
+
+    def reextraction_candidates(
+        self, since: date | None, until: date | None, feed_url: str | None
+    ) -> list[tuple]:
+        params = {"since": since, "until": until, "feed": feed_url}
+        return self.con.execute(SQL_REEXTRACT_CANDIDATES, params).fetchall()
+
+    def articles_with_entry(self, article_ids: Sequence[str]) -> list[dict]:
+        cur = self.con.execute(SQL_ARTICLES_WITH_ENTRY, [list(article_ids)])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def apply_reextraction(
+        self, load_batch: str, run_id: str, history: Sequence[Mapping], updates: Sequence[Mapping]
+    ) -> int:
+        """One transaction: keep the replaced values in extraction_history, update the articles.
+        Then the history is exported and the touched articles partitions rewritten."""
+        if not updates:
+            return 0
+        hist = self.to_arrow("extraction_history", history)
+        upd = pa.Table.from_pylist(
+            [dict(u) for u in updates],
+            schema=pa.schema([self._schema("articles").field("article_id")]
+                             + [self._schema("articles").field(c) for c in REEXTRACTED_COLUMNS]),
+        )  # fmt: skip
+        ids = [u["article_id"] for u in updates]
+        days = sorted(row[0].isoformat() for row in self.con.execute(SQL_INGEST_DATES_OF, [ids]).fetchall())
+        tables = ["extraction_history"] + [f"articles{PARTITION_MARK}{d}" for d in days]
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("incoming", hist)
+            con.execute(INSERT_BY_NAME["extraction_history"])
+            con.unregister("incoming")
+            con.register("incoming", upd)
+            con.execute(SQL_UPDATE_EXTRACTION)
+            con.unregister("incoming")
+            con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), tables])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._export_batch(load_batch, tables, {"extraction_history": hist})
+        return len(updates)
+
     def recover(self) -> dict[str, int]:
         """Repair what a killed writer left: unexported batches, temporary files."""
         removed = remove_orphaned_temporaries(self.parquet_dir) + remove_orphaned_temporaries(
             self.data_dir / "raw"
         )
+        return {"temporary_files_removed": len(removed), "batches_reexported": self.export_pending()}
+
+    def export_pending(self) -> int:
+        """Export the batches a killed writer committed but did not export (cheap when none)."""
         pending = self.con.execute(SQL_UNEXPORTED).fetchall()
         for load_batch, tables in pending:
-            for t in tables:
-                data = self.con.execute(SELECT_BATCH[t], [load_batch]).fetch_arrow_table()
-                self._export_append(t, load_batch, data)
-            self.con.execute(SQL_MARK_EXPORTED, [load_batch])
-        return {"temporary_files_removed": len(removed), "batches_reexported": len(pending)}
+            self._export_batch(load_batch, tables)
+        return len(pending)
 
 
 def parquet_glob(data_dir: Path | str, table: str) -> str:
@@ -279,4 +384,7 @@ def writer_session(
     open the file, even to read, while this one has it open.
     """
     with WriterLock(data_dir, lock_timeout, purpose, on_wait=on_wait), Warehouse(data_dir) as wh:
+        # A writer killed between its commit and its export leaves a batch the Parquet files lack:
+        # export it before anything (a partition rewrite, say) reads the Parquet side.
+        wh.export_pending()
         yield wh
