@@ -118,8 +118,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return _finish(state, started)
 
 
-def _finish(state, started: float) -> int:
-    """Print a flow run's summary, or why it did not complete, and choose the exit code."""
+def _unfinished(state) -> int | None:
+    """The exit code of a flow run that did not complete (with the reason printed), else None."""
     from flows.poll import BUSY_STATE
 
     if state.name == BUSY_STATE:
@@ -128,8 +128,15 @@ def _finish(state, started: float) -> int:
     if not state.is_completed():
         err.print(f"[red]newsflow: the run ended in state {state.name}: {state.message}[/red]")
         return 1
-    print_summary(state.result(), time.monotonic() - started)
-    return 0
+    return None
+
+
+def _finish(state, started: float) -> int:
+    """Print a flow run's summary, or why it did not complete, and choose the exit code."""
+    code = _unfinished(state)
+    if code is None:
+        print_summary(state.result(), time.monotonic() - started)
+    return code or 0
 
 
 DEMO_QUERY = """SELECT left(a.title, 50) AS title, a.author, CAST(a.published_at AS DATE) AS published,

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from newsflow.cli import EX_TEMPFAIL, _jsonable, _quiet_prefect, console, err, print_rows
+from newsflow.cli import EX_TEMPFAIL, _jsonable, _quiet_prefect, _unfinished, console, err, print_rows
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -117,7 +117,6 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         return _no_warehouse("maintain", data_dir)
     _quiet_prefect()
     from flows.maintenance import maintenance_flow
-    from flows.poll import BUSY_STATE
 
     started = time.monotonic()
     state = maintenance_flow(
@@ -125,12 +124,9 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         raw_retention_days=args.raw_retention_days,
         return_state=True,
     )
-    if state.name == BUSY_STATE:
-        err.print(f"[yellow]newsflow: {state.message}[/yellow]")
-        return EX_TEMPFAIL
-    if not state.is_completed():
-        err.print(f"[red]newsflow: the run ended in state {state.name}: {state.message}[/red]")
-        return 1
+    code = _unfinished(state)
+    if code is not None:
+        return code
     report = state.result()
     rec = report["recovered"]
     rows = [

@@ -25,6 +25,7 @@ import tomlkit.exceptions
 import tomlkit.items
 
 from tasks.feeds import FeedSpec
+from warehouse.files import fsync_dir
 
 
 class FeedListError(Exception):
@@ -190,15 +191,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def add_feeds(path: Path, specs: Iterable[FeedSpec]) -> AddResult:
