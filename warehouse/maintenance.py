@@ -74,6 +74,7 @@ import pyarrow.parquet as pq
 
 from warehouse.files import TMP_SUFFIX, fsync_dir
 from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, Warehouse, connect, migrate, parquet_glob
+from warehouse.stories import rebuild_story_index
 
 log = logging.getLogger(__name__)
 
@@ -749,6 +750,7 @@ def rebuild_duckdb(
             if _has_parquet(data_dir, t):
                 con.execute(SQL_INSERT_SNAPSHOT[t], [parquet_glob(data_dir, t)])
         con.execute(SQL_RECONSTRUCT_BATCHES)
+        rebuild_story_index(con)  # not in Parquet: derived from the articles' texts
         con.execute("COMMIT")
         checkpoint(con)
         batches = con.execute("SELECT count(*) FROM load_batches").fetchone()[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, connect, parquet_glob
+from warehouse.stories import create_story_views
 
 
 def named_query(name: str) -> str:
@@ -46,6 +47,8 @@ def parquet_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
         path = Path(parquet_glob(data_dir, t))
         if path.exists():
             con.read_parquet(str(path)).create_view(t)
+    if "articles" in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+        create_story_views(con)  # the same `stories` views as in the DuckDB file
     return con
 
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
 from warehouse.lock import WriterLock
+from warehouse.stories import assign_story_ids, insert_story_index, reindex_articles
 
 APPEND_TABLES = ("entries", "articles", "fetch_log", "extraction_history")  # one Parquet file per batch
 SNAPSHOT_TABLES = ("feeds", "runs")  # small, rewritten whole at the end of a run
@@ -218,6 +219,8 @@ class Warehouse:
         self, load_batch: str, run_id: str, rows: Mapping[str, Sequence[Mapping]]
     ) -> dict[str, int]:
         """Insert one batch in one transaction, then export it as Parquet. Returns row counts."""
+        # Story identity: fills story_id on the article rows (indexed lookups, not a scan).
+        story_index_rows = assign_story_ids(self.con, rows.get("articles", ()))
         tables = {t: self.to_arrow(t, rows.get(t, [])) for t in APPEND_TABLES}
         present = [t for t in APPEND_TABLES if tables[t].num_rows]
         if not present:
@@ -231,6 +234,7 @@ class Warehouse:
                     con.execute(INSERT_BY_NAME[t])
                 finally:
                     con.unregister("incoming")
+            insert_story_index(con, story_index_rows)
             con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), present])
             con.execute("COMMIT")
         except BaseException:
@@ -340,6 +344,7 @@ class Warehouse:
             con.register("incoming", upd)
             con.execute(SQL_UPDATE_EXTRACTION)
             con.unregister("incoming")
+            reindex_articles(con, ids)  # the story index follows the new texts
             con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), tables])
             con.execute("COMMIT")
         except BaseException:
