@@ -400,10 +400,9 @@ def test_recluster_command_takes_the_writer_lock(tmp_path, demo, monkeypatch, ca
 def test_the_documented_queries_run_as_written(tmp_path, demo):
     import re
 
-    doc = Path(__file__).resolve().parents[1] / "docs" / "stories.md"
-    if not doc.exists():
-        pytest.skip("docs/stories.md was merged elsewhere")
-    queries = re.findall(r"```sql\n(.*?)```", doc.read_text(), flags=re.S)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Stories", 1)[1].split("\n## ", 1)[0]
+    queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     assert len(queries) >= 4
     first, second = two_batches(demo)
     today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
