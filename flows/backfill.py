@@ -96,7 +96,7 @@ def backfill_flow(
         )
         return {**result, "notes": [], "failures": []}
 
-    jobs, entry_plan, notes = _collect(
+    jobs, entry_plan, notes, fetches = _collect(
         settings, session, urls_file, sitemap, feed, pages, since, until, summary
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
@@ -104,6 +104,8 @@ def backfill_flow(
     with ExtractorPool(settings.extract_workers) as pool:
         process_pages(jobs, settings, pool, ctx, summary, session, skip_known=True, progress=report)
     with session() as wh:
+        if fetches:
+            t.load_source_fetches(fetches, "sitemap" if sitemap else "feed", wh, ctx)
         if entry_plan is not None:
             t.load_known_entries(entry_plan, wh, ctx)
         t.record_run(wh, ctx, summary, "completed")
@@ -123,14 +125,15 @@ def backfill_flow(
 
 
 def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, summary):
-    """The pages to fetch (and, for a feed, the entry plan), with notes for the report."""
+    """The pages to fetch (and, for a feed, the entry plan), notes for the report, and the
+    fetches made to find them (sitemaps, feed pages) for fetch_log."""
     notes: list[str] = []
     if urls_file:
         urls, rejected = sources.read_url_list(Path(urls_file))
         notes.append(f"{len(urls)} URLs from {urls_file}")
         if rejected:
             notes.append(f"{len(rejected)} lines refused (not http/https): {rejected[:5]}")
-        return _jobs_for_urls(urls), None, notes
+        return _jobs_for_urls(urls), None, notes, []
     if sitemap:
         walk = sources.walk_sitemaps(sitemap, settings, since, until)
         notes.append(
@@ -139,7 +142,7 @@ def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, s
         )
         for url, error_class, message in walk.failures:
             summary.add_failure("sitemap", url, error_class, message)
-        return _jobs_for_urls([u.loc for u in walk.urls]), None, notes
+        return _jobs_for_urls([u.loc for u in walk.urls]), None, notes, walk.fetches
     walk = sources.walk_feed_archive(feed, pages, settings)
     notes.append(f"{len(walk.entries)} entries from {walk.pages_fetched} page(s) of {feed} ({walk.how})")
     for url, error_class, message in walk.failures:
@@ -151,7 +154,7 @@ def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, s
         plan = dedup.plan_entries(candidates, seen, wh.known_url_keys(link_keys), max(1, len(candidates)))
     summary.new_entries = sum(len(j.entries) for j in plan.pages) + len(plan.known) + len(plan.no_link)
     summary.duplicates += len(plan.known)
-    return plan.pages, plan, notes
+    return plan.pages, plan, notes, walk.fetches
 
 
 def _jobs_for_urls(urls: list[str]) -> list[dedup.PageJob]:

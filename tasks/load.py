@@ -172,8 +172,10 @@ def fetch_log_row(
     n: int,
     raw: tuple[str | None, int | None],
     error: tuple[str | None, str | None] | None = None,
+    size: int | None = None,
 ) -> dict:
-    """``error`` overrides the fetch's own: a feed fetched fine can still fail to parse."""
+    """``error`` overrides the fetch's own: a feed fetched fine can still fail to parse.
+    ``size`` stands for the body's length when the body is no longer kept."""
     error_class, error_message = error if error and error[0] else (result.error_class, result.error_message)
     return {
         "fetch_id": f"{load_batch}-{kind[0]}{n:05d}",
@@ -182,7 +184,7 @@ def fetch_log_row(
         "url": result.url,
         "final_url": result.final_url,
         "status": result.status,
-        "bytes": len(result.body) if result.body is not None else None,
+        "bytes": size if size is not None else len(result.body) if result.body is not None else None,
         "elapsed_ms": result.elapsed_ms,
         "attempts": result.attempts,
         "redirects": list(result.redirects),

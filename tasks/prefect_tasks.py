@@ -136,6 +136,19 @@ def load_known_entries(plan: dedup.EntryPlan, wh: Warehouse, ctx: load.RunContex
     )
 
 
+@task(name="load-source-fetches", **_TASK)
+def load_source_fetches(records, kind: str, wh: Warehouse, ctx: load.RunContext) -> dict[str, int]:
+    """fetch_log rows for what a backfill fetched to find its pages (sitemaps, feed pages)."""
+    batch_id = ctx.next_batch_id()
+    rows = [
+        load.fetch_log_row(
+            r.result, kind, ctx, batch_id, n, (None, None), (r.error_class, r.error_message), r.size
+        )
+        for n, r in enumerate(records)
+    ]
+    return wh.load_batch(batch_id, ctx.run_id, {"fetch_log": rows})
+
+
 @task(name="record-run", **_TASK)
 def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, status: str) -> None:
     counts = summary.counts()

@@ -8,7 +8,7 @@ off, and gzip is decoded with the same cap as any other body.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from lxml import etree
 
 from newsflow.settings import Settings
-from tasks.fetch import ACCEPT_FEED, FetchRequest, fetch_all
+from tasks.fetch import ACCEPT_FEED, FetchRequest, FetchResult, fetch_all
 from tasks.parse import FeedEntry, FeedParseError, parse_feed, parse_iso_datetime
 
 SITEMAP_NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
@@ -52,6 +52,22 @@ def read_url_list(path: Path) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------- sitemaps
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """A fetch for ``fetch_log``, without its body (a sitemap can be 15 MB; only its size is kept)."""
+
+    result: FetchResult
+    size: int | None
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+def _record(result: FetchResult, error: tuple[str, str] | None = None) -> FetchRecord:
+    size = len(result.body) if result.body is not None else None
+    light = replace(result, body=None)
+    return FetchRecord(light, size, *(error or (None, None)))
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,7 @@ class SitemapWalk:
     urls: list[SitemapUrl] = field(default_factory=list)
     sitemaps_fetched: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (url, error class, message)
+    fetches: list[FetchRecord] = field(default_factory=list)
     out_of_window: int = 0
 
 
@@ -176,12 +193,15 @@ def walk_sitemaps(
             walk.sitemaps_fetched += 1
             if not result.ok:
                 walk.failures.append((result.url, result.error_class or "http", result.error_message or ""))
+                walk.fetches.append(_record(result))
                 continue
             try:
                 parsed = parse_sitemap(result.body or b"", result.final_url, settings.max_feed_bytes)
             except SitemapError as exc:
                 walk.failures.append((result.url, "not_a_sitemap", str(exc)))
+                walk.fetches.append(_record(result, ("not_a_sitemap", str(exc))))
                 continue
+            walk.fetches.append(_record(result))
             for loc, lastmod in parsed.children:
                 # A child sitemap last changed before `since` holds nothing newer.
                 if since is not None and lastmod is not None and lastmod.astimezone(UTC).date() < since:
@@ -206,6 +226,7 @@ class FeedArchiveWalk:
     entries: list[FeedEntry] = field(default_factory=list)
     pages_fetched: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (url, error class, message)
+    fetches: list[FetchRecord] = field(default_factory=list)
     how: str = ""  # "rfc5005" | "wordpress-paged" | "single page"
 
 
@@ -243,6 +264,7 @@ def walk_feed_archive(feed_url: str, pages: int, settings: Settings) -> FeedArch
     while url and page <= pages:
         (result,) = fetch_all([FetchRequest(url, settings.max_feed_bytes, accept=ACCEPT_FEED)], settings)
         walk.pages_fetched += 1
+        walk.fetches.append(_record(result))
         if not result.ok:
             if page > 1 and walk.how == "wordpress-paged" and result.status == 404:
                 break  # WordPress answers 404 past the last page
@@ -252,6 +274,7 @@ def walk_feed_archive(feed_url: str, pages: int, settings: Settings) -> FeedArch
             parsed = parse_feed(result.body or b"", result.final_url, dict(result.headers))
         except FeedParseError as exc:
             walk.failures.append((url, exc.error_class, str(exc)))
+            walk.fetches[-1] = _record(result, (exc.error_class, str(exc)))
             break
         new = [e for e in parsed.entries if e.identity not in seen]
         if not new:

@@ -167,6 +167,10 @@ def test_sitemap_backfill_recurses_and_respects_the_date_window(
     }
     assert got == expected and result["pages_fetched"] == 6
     assert archive_site.hits["/old.xml"] == 0  # a child sitemap older than `since` is not even fetched
+    # The sitemaps fetched are in fetch_log too (the index and two children).
+    assert rows(newsflow_env, "SELECT count(*), sum(bytes) > 0 FROM fetch_log WHERE kind = 'sitemap'") == [
+        (3, True)
+    ]
 
 
 # --------------------------------------------------------------------------- feed archives
@@ -187,6 +191,7 @@ def test_feed_archive_rfc5005(prefect_api, newsflow_env, archive_site):
     assert result["pages_fetched"] == 12 and result["new_entries"] == 12
     assert "rfc5005" in " ".join(result["notes"])
     assert rows(newsflow_env, "SELECT count(*), count(DISTINCT feed_url) FROM entries") == [(12, 1)]
+    assert rows(newsflow_env, "SELECT count(*) FROM fetch_log WHERE kind = 'feed'") == [(3,)]
     # Only two pages asked for: the first eight entries.
     again = backfill(newsflow_env, feed=archive_site.url("/feed.xml"), pages=2)
     assert again["pages_fetched"] == 0 and again["new_entries"] == 0
