@@ -79,6 +79,20 @@ def backfill_flow(
     if any(repaired.values()):
         logger.warning("repaired what an interrupted run left behind: %s", repaired)
 
+    try:
+        return _run(settings, ctx, summary, session, logger, chosen, urls_file, sitemap, feed, pages,
+                    since, until, reextract)  # fmt: skip
+    except WarehouseBusy as exc:
+        # Another writer kept the warehouse longer than we wait, between two of our batches.
+        # What was committed stays; running the same backfill again resumes from there.
+        message = f"{exc} The backfill stopped; run it again to resume."
+        logger.error(message)
+        return Failed(name=BUSY_STATE, message=message)
+
+
+def _run(
+    settings, ctx, summary, session, logger, chosen, urls_file, sitemap, feed, pages, since, until, reextract
+):
     if reextract:
         counts = reextract_articles(
             settings, ctx, summary, session, _progress_reporter(logger), since, until, feed
