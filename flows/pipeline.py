@@ -13,9 +13,11 @@ from contextlib import AbstractContextManager
 
 from newsflow.settings import Settings
 from tasks import prefect_tasks as t
+from tasks import robots
 from tasks.dedup import PageJob
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
+from warehouse import hosts
 from warehouse.store import Warehouse, chunks
 
 Session = Callable[[], AbstractContextManager[Warehouse]]
@@ -43,6 +45,10 @@ def process_pages(
     batches = [list(b) for b in chunks(list(jobs), settings.batch_size)]
     total = len(jobs)
     done = 0
+    # Hosts that asked us (429/503 + Retry-After) to come back later, in an earlier run or this one.
+    politeness = robots.run_state(ctx.run_id)
+    with session() as wh:
+        hosts.seed_state(politeness, wh.con)
 
     def prepare(batch: list[PageJob]) -> list[PageJob]:
         if not skip_known:
@@ -56,9 +62,20 @@ def process_pages(
         nonlocal done
         batch_jobs, results, batch_id, extracted, archived, size = pending
         if batch_jobs:
+            extracted, raw_refs = extracted.result(), archived.result()
             with session() as wh:
-                pages = t.dedup_articles(batch_jobs, results, extracted.result(), wh)
-                t.load_pages(pages, archived.result(), batch_id, wh, ctx, summary)
+                if skip_known:
+                    # Another writer (a poll between two of our batches) may have stored some of
+                    # these URLs since we checked: theirs stand, ours are dropped before loading.
+                    known = wh.known_url_keys([j.url_key for j in batch_jobs])
+                    keep = [i for i, j in enumerate(batch_jobs) if j.url_key not in known]
+                    summary.skipped_known += len(batch_jobs) - len(keep)
+                    batch_jobs, results, extracted, raw_refs = (
+                        [xs[i] for i in keep] for xs in (batch_jobs, results, extracted, raw_refs)
+                    )
+                if batch_jobs:
+                    pages = t.dedup_articles(batch_jobs, results, extracted, wh)
+                    t.load_pages(pages, raw_refs, batch_id, wh, ctx, summary)
         done += size
         if progress:
             progress(done, total)
@@ -87,3 +104,6 @@ def process_pages(
             finish(pending)
         pending = current
     finish(pending)
+    if politeness.postponed:
+        with session() as wh:
+            hosts.save_postponed(wh.con, politeness.postponed)

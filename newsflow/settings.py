@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     host_concurrency: int = Field(2, ge=1, le=2)
     host_min_delay: float = 1.0  # seconds between the starts of two requests to one host
     global_concurrency: int = 32
+    respect_robots: bool = Field(
+        True,
+        description="Ask each host's robots.txt (RFC 9309) before fetching an article page; "
+        "a disallowed page is recorded, not fetched. Feeds are not checked (the user chose them).",
+    )
+    max_crawl_delay: float = Field(30.0, ge=0)  # cap on a robots.txt Crawl-delay, in seconds
 
     # Work sizes
     max_entries_per_feed: int = 200  # new entries taken from one feed per run; the rest next run

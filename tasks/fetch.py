@@ -12,7 +12,12 @@ What it guarantees, per request:
 - retries with exponential backoff and jitter on transient failures only (connect errors,
   429/502/503/504, Retry-After honoured up to a cap);
 - politeness: at most ``host_concurrency`` requests in flight per host and at least
-  ``host_min_delay`` seconds between the starts of two requests to one host.
+  ``host_min_delay`` seconds between the starts of two requests to one host (longer when the
+  host's robots.txt asks for a Crawl-delay, up to ``max_crawl_delay``);
+- robots.txt (RFC 9309, :mod:`tasks.robots`) for requests marked ``check_robots`` (article pages):
+  fetched once per host per run, a disallowed URL is not requested;
+- a 429/503 whose Retry-After exceeds ``retry_after_cap`` postpones the host for the rest of the
+  run: no further request is sent to it.
 
 Failures never raise out of :func:`fetch_all`: each comes back as a :class:`FetchResult` with an
 ``error_class`` (see :data:`ERROR_CLASSES`) and a message, ready for ``fetch_log``.
@@ -29,7 +34,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
@@ -39,6 +44,15 @@ import httpcore
 import httpx
 
 from newsflow.settings import Settings
+from tasks.robots import (
+    ROBOTS_MAX_BYTES,
+    PolitenessState,
+    RobotsRules,
+    product_token,
+    robots_key,
+    robots_url,
+    rules_from_result,
+)
 
 ERROR_CLASSES = (
     "bad_url",  # not parseable, or no host
@@ -55,6 +69,9 @@ ERROR_CLASSES = (
     "http_4xx",
     "http_5xx",
     "http_other",
+    "robots_disallowed",  # robots.txt disallows the URL for newsflow: not requested (final)
+    "robots_unavailable",  # robots.txt answered 5xx/429 or was unreachable: host not crawled this run
+    "host_postponed",  # the host asked (Retry-After) for a pause longer than the cap: not requested
 )
 
 ACCEPT_FEED = (
@@ -63,6 +80,8 @@ ACCEPT_FEED = (
 )
 ACCEPT_PAGE = "text/html, application/xhtml+xml, application/xml;q=0.9, */*;q=0.5"
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+POSTPONING_STATUSES = frozenset({429, 503})
+ACCEPT_ROBOTS = "text/plain, */*;q=0.5"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
 
@@ -83,6 +102,8 @@ class FetchRequest:
     etag: str | None = None
     last_modified: str | None = None
     accept: str = ACCEPT_PAGE
+    check_robots: bool = False  # consult the host's robots.txt first (article pages, not feeds)
+    truncate: bool = False  # a body over max_bytes is cut there instead of refused (robots.txt)
 
 
 @dataclass(frozen=True)
@@ -225,9 +246,11 @@ class BoundedDecoder:
     stopped after ``limit`` bytes whatever its ratio.
     """
 
-    def __init__(self, content_encoding: str | None, limit: int):
+    def __init__(self, content_encoding: str | None, limit: int, truncate: bool = False):
         self.limit = limit
         self.size = 0
+        self.truncate = truncate
+        self.full = False  # truncating and the limit is reached: the rest is ignored
         self._parts: list[bytes] = []
         encodings = [e.strip().lower() for e in (content_encoding or "").split(",") if e.strip()]
         encodings = [e for e in encodings if e != "identity"]
@@ -244,8 +267,11 @@ class BoundedDecoder:
             raise FetchError("decoding", f"unsupported content encoding {self.encoding!r}")
 
     def _emit(self, data: bytes) -> None:
-        if not data:
+        if not data or self.full:
             return
+        if self.truncate and self.size + len(data) >= self.limit:
+            data = data[: self.limit - self.size]
+            self.full = True
         self.size += len(data)
         if self.size > self.limit:
             raise FetchError("too_large", f"decoded body exceeds {self.limit} bytes")
@@ -256,18 +282,20 @@ class BoundedDecoder:
         room = self.limit - self.size + 1
         out = z.decompress(data, room)
         self._emit(out)
-        while z.unconsumed_tail:
+        while z.unconsumed_tail and not self.full:
             room = self.limit - self.size + 1
             self._emit(z.decompress(z.unconsumed_tail, room))
 
     def feed(self, data: bytes) -> None:
+        if self.full:
+            return
         try:
             if self.encoding is None:
                 self._emit(data)
             elif self.encoding == "br":
                 out = self._br.process(data, output_buffer_limit=_READ_CHUNK)
                 self._emit(out)
-                while not self._br.can_accept_more_data():
+                while not self._br.can_accept_more_data() and not self.full:
                     self._emit(self._br.process(b"", output_buffer_limit=_READ_CHUNK))
             else:
                 if self._z is None:  # deflate: zlib header or raw deflate
@@ -280,7 +308,7 @@ class BoundedDecoder:
             raise FetchError("decoding", f"broken {self.encoding} stream: {exc}") from exc
 
     def finish(self) -> bytes:
-        if self.encoding in ("gzip", "x-gzip", "deflate") and self._z is not None:
+        if self.encoding in ("gzip", "x-gzip", "deflate") and self._z is not None and not self.full:
             try:
                 self._emit(self._z.flush())
             except zlib.error as exc:
@@ -296,6 +324,7 @@ class _HostSlot:
     semaphore: asyncio.Semaphore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     next_start: float = 0.0
+    min_delay: float | None = None  # this host's own spacing (Crawl-delay), if longer
 
 
 class HostLimiter:
@@ -320,11 +349,22 @@ class HostLimiter:
                 wait = slot.next_start - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                slot.next_start = time.monotonic() + self.min_delay
+                delay = self.min_delay if slot.min_delay is None else max(self.min_delay, slot.min_delay)
+                slot.next_start = time.monotonic() + delay
         except BaseException:
             slot.semaphore.release()
             raise
         return slot.semaphore
+
+    def set_min_delay(self, host: str, delay: float) -> None:
+        """Space this host's request starts by ``delay`` seconds (if more than the default)."""
+        slot = self._slot(host)
+        if slot.min_delay is not None:
+            return
+        slot.min_delay = delay
+        # The request that just started was spaced by the default: extend its spacing too.
+        if delay > self.min_delay and slot.next_start:
+            slot.next_start += delay - self.min_delay
 
 
 # --------------------------------------------------------------------------- one request
@@ -392,10 +432,18 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 class Fetcher:
-    """One run's client: connection pool, host limiter and global concurrency."""
+    """One run's client: connection pool, host limiter and global concurrency.
 
-    def __init__(self, settings: Settings):
+    ``state`` holds what the run knows about hosts (robots rules, postponed hosts); pass the same
+    one to every fetcher of a run so that robots.txt is fetched once per host per run.
+    """
+
+    def __init__(self, settings: Settings, state: PolitenessState | None = None):
         self.settings = settings
+        self.state = state if state is not None else PolitenessState()
+        self.agent = product_token(settings.user_agent)
+        self._robots_loading: dict[str, asyncio.Future[RobotsRules]] = {}
+        self._crawl_delay_set: set[str] = set()
         self.limiter = HostLimiter(settings.host_concurrency, settings.host_min_delay)
         self.global_slots = asyncio.Semaphore(settings.global_concurrency)
         self.client = httpx.AsyncClient(
@@ -421,6 +469,7 @@ class Fetcher:
         """One request/response. ``slot`` is the host slot already acquired for it, if any."""
         semaphore = slot or await self.limiter(_host_key(url))
         try:
+            self._check_postponed(url)
             async with self.client.stream("GET", url, headers=headers) as response:
                 stream = response.extensions.get("network_stream")
                 server = stream.get_extra_info("server_addr") if stream is not None else None
@@ -430,6 +479,7 @@ class Fetcher:
                     return response, b"", address
                 if (
                     declared
+                    and not request.truncate
                     and declared.isascii()
                     and declared.isdigit()
                     and int(declared) > request.max_bytes
@@ -437,9 +487,13 @@ class Fetcher:
                     raise FetchError(
                         "too_large", f"Content-Length {declared} exceeds {request.max_bytes} bytes"
                     )
-                decoder = BoundedDecoder(response.headers.get("content-encoding"), request.max_bytes)
+                decoder = BoundedDecoder(
+                    response.headers.get("content-encoding"), request.max_bytes, request.truncate
+                )
                 async for chunk in response.aiter_raw(_READ_CHUNK):
                     decoder.feed(chunk)
+                    if decoder.full:
+                        break
                 return response, decoder.finish(), address
         finally:
             semaphore.release()
@@ -473,9 +527,108 @@ class Fetcher:
             # Validators belong to the first URL; do not send them to another resource.
             headers = {"Accept": headers["Accept"]}
 
+    # ----------------------------------------------------------------- host state
+
+    def _check_postponed(self, url: httpx.URL) -> None:
+        until = self.state.postponed_until(_host_key(url))
+        if until is not None:
+            raise FetchError(
+                "host_postponed",
+                f"{url.host} asked for a pause until {until:%Y-%m-%d %H:%M:%S}Z "
+                f"(Retry-After over the {self.settings.retry_after_cap:g}s cap): not requested this run",
+            )
+
+    def _maybe_postpone(self, response: httpx.Response, final_url: str) -> None:
+        """A 429/503 asking for longer than the cap: no more requests to that host this run."""
+        if response.status_code not in POSTPONING_STATUSES:
+            return
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        if wait is None or wait <= self.settings.retry_after_cap:
+            return
+        try:
+            host = _host_key(_check_url(final_url))
+        except FetchError:  # pragma: no cover - the URL was fetched, so it parses
+            return
+        self.state.postpone(host, datetime.now(UTC) + timedelta(seconds=min(wait, 366 * 86400)))
+
+    async def robots_rules(self, url: str) -> RobotsRules | None:
+        """The rules of the robots.txt governing ``url``, fetched on first use in the run.
+
+        None when ``url`` has no robots.txt to ask (not http(s), no host): the fetch fails anyway.
+        """
+        key, where = robots_key(url), robots_url(url)
+        if key is None or where is None:
+            return None
+        rules = self.state.get_rules(key)
+        if rules is not None:
+            return rules
+        loading = self._robots_loading.get(key)
+        if loading is None:
+            loading = self._robots_loading[key] = asyncio.ensure_future(self._load_robots(key, where))
+        return await asyncio.shield(loading)
+
+    async def _load_robots(self, key: str, where: str) -> RobotsRules:
+        result = await self._fetch(
+            FetchRequest(url=where, max_bytes=ROBOTS_MAX_BYTES, accept=ACCEPT_ROBOTS, truncate=True)
+        )
+        rules = rules_from_result(result)
+        self.state.set_rules(key, rules)
+        return self.state.get_rules(key) or rules
+
+    def _apply_crawl_delay(self, url: httpx.URL, rules: RobotsRules) -> None:
+        host = _host_key(url)
+        if host in self._crawl_delay_set:
+            return
+        self._crawl_delay_set.add(host)
+        delay = rules.crawl_delay(self.agent)
+        if delay is not None and delay > self.settings.host_min_delay:
+            self.limiter.set_min_delay(host, min(delay, self.settings.max_crawl_delay))
+
+    def _refused(self, request: FetchRequest, error: FetchError) -> FetchResult:
+        """A request newsflow decided not to send."""
+        return FetchResult(
+            url=request.url,
+            final_url=request.url,
+            status=None,
+            headers=(),
+            body=None,
+            fetched_at=datetime.now(UTC),
+            elapsed_ms=0,
+            error_class=error.error_class,
+            error_message=str(error.args[0])[:1000],
+            attempts=0,
+        )
+
+    # ----------------------------------------------------------------- fetching
+
     async def fetch(self, request: FetchRequest) -> FetchResult:
         """Fetch one URL; never raises. The deadline counts the time spent on the network and
-        in retry waits, not the time queued behind this run's politeness limits."""
+        in retry waits, not the time queued behind this run's politeness limits.
+
+        With ``request.check_robots`` (and ``respect_robots`` on), the host's robots.txt decides
+        first; a postponed host is not asked at all."""
+        try:
+            url = _check_url(request.url)
+        except FetchError:
+            return await self._fetch(request)  # recorded with its class by the usual path
+        try:
+            self._check_postponed(url)
+            if request.check_robots and self.settings.respect_robots:
+                rules = await self.robots_rules(request.url)
+                if rules is not None:
+                    self._check_postponed(url)  # robots.txt itself may have postponed the host
+                    if rules.unavailable is not None:
+                        raise FetchError("robots_unavailable", rules.unavailable)
+                    if not rules.allowed(request.url, self.agent):
+                        raise FetchError(
+                            "robots_disallowed", f"robots.txt disallows this URL for {self.agent!r}"
+                        )
+                    self._apply_crawl_delay(url, rules)
+        except FetchError as exc:
+            return self._refused(request, exc)
+        return await self._fetch(request)
+
+    async def _fetch(self, request: FetchRequest) -> FetchResult:
         deadline = self.settings.request_deadline
         fetched_at: datetime | None = None
         spent = 0.0
@@ -506,6 +659,7 @@ class Fetcher:
                     error = _classify_transport_error(exc)
                 else:
                     status = response.status_code
+                    self._maybe_postpone(response, final_url)
                     if 200 <= status < 300 or status == 304:
                         error = None
                     else:
@@ -518,7 +672,12 @@ class Fetcher:
                             f"HTTP {status} {response.reason_phrase}".strip(),
                             transient=status in TRANSIENT_STATUSES,
                         )
-                if error is not None and error.transient and attempts <= self.settings.retries:
+                if (
+                    error is not None
+                    and error.transient
+                    and attempts <= self.settings.retries
+                    and self.state.postponed_until(_host_key(url)) is None
+                ):
                     retry_after = response.headers.get("retry-after") if response is not None else None
                     wait = self._retry_wait(attempts, retry_after)
                     if wait is not None and wait < deadline - spent:
@@ -568,20 +727,27 @@ class Fetcher:
         return backoff
 
 
-async def fetch_all_async(requests: Sequence[FetchRequest], settings: Settings) -> list[FetchResult]:
-    fetcher = Fetcher(settings)
+async def fetch_all_async(
+    requests: Sequence[FetchRequest], settings: Settings, state: PolitenessState | None = None
+) -> list[FetchResult]:
+    fetcher = Fetcher(settings, state)
     try:
         return list(await asyncio.gather(*(fetcher.fetch(r) for r in requests)))
     finally:
         await fetcher.aclose()
 
 
-def fetch_all(requests: Iterable[FetchRequest], settings: Settings) -> list[FetchResult]:
-    """Fetch every request politely and concurrently; results in the order of the requests."""
+def fetch_all(
+    requests: Iterable[FetchRequest], settings: Settings, state: PolitenessState | None = None
+) -> list[FetchResult]:
+    """Fetch every request politely and concurrently; results in the order of the requests.
+
+    ``state`` carries robots rules and postponed hosts from one call to the next of the same run
+    (see :func:`tasks.robots.run_state`); without it, each call starts afresh."""
     requests = list(requests)
     if not requests:
         return []
-    return asyncio.run(fetch_all_async(requests, settings))
+    return asyncio.run(fetch_all_async(requests, settings, state))
 
 
 def host_of(url: str) -> str:

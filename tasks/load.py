@@ -29,7 +29,9 @@ from tasks.parse import FeedEntry, FeedOutcome
 from warehouse.raw_archive import RawArchiveWriter, raw_path_for
 
 # A page that failed this way is tried again next run; any other failure is final for its entries.
-TRANSIENT_PAGE_ERRORS = frozenset({"timeout", "connect", "dns", "http_5xx", "protocol"})
+TRANSIENT_PAGE_ERRORS = frozenset(
+    {"timeout", "connect", "dns", "http_5xx", "protocol", "robots_unavailable", "host_postponed"}
+)
 
 
 @dataclass

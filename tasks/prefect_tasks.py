@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from newsflow.settings import Settings
-from tasks import dedup, feeds, fetch, load, parse, reextract
+from tasks import dedup, feeds, fetch, load, parse, reextract, robots
 from tasks.extract import ExtractJob, ExtractorPool, extract_batch
 from warehouse.store import Warehouse
 
@@ -50,8 +50,14 @@ def plan_entries(outcomes: list[parse.FeedOutcome], wh: Warehouse, settings: Set
 
 @task(name="fetch-pages", **_TASK)
 def fetch_pages(jobs: Sequence[dedup.PageJob], settings: Settings) -> list[fetch.FetchResult]:
+    """Article pages, robots.txt checked. Robots rules and postponed hosts are kept per flow run,
+    so the batches of one run share them (robots.txt fetched once per host per run)."""
+    from prefect.runtime import flow_run
+
     return fetch.fetch_all(
-        [fetch.FetchRequest(url=j.url, max_bytes=settings.max_page_bytes) for j in jobs], settings
+        [fetch.FetchRequest(url=j.url, max_bytes=settings.max_page_bytes, check_robots=True) for j in jobs],
+        settings,
+        robots.run_state(flow_run.id),
     )
 
 

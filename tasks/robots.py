@@ -1,0 +1,152 @@
+"""robots.txt (RFC 9309) and the per-run host state the fetcher consults before sending a request.
+
+- :func:`robots_url`: the one robots.txt that governs a URL (same scheme, host and port).
+- :func:`rules_from_result`: a fetched robots.txt turned into :class:`RobotsRules`, per RFC 9309:
+  2xx -> parsed (protego: longest match wins, ``*`` and ``$`` wildcards, Allow wins a tie);
+  4xx -> allow all; 5xx, 429 or unreachable -> complete disallow (``unavailable``);
+  a body over the cap is parsed up to the cap (the fetcher truncates, it does not refuse).
+- :class:`PolitenessState`: what one run knows about hosts -- parsed robots rules and hosts
+  postponed by a ``Retry-After`` longer than the cap. Shared by every batch of a run
+  (:func:`run_state`), so robots.txt is fetched once per host per run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from protego import Protego
+
+if TYPE_CHECKING:
+    from tasks.fetch import FetchResult
+
+ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; the rest is ignored
+_KEPT_RUNS = 16  # run states kept in memory (a process may serve several flow runs)
+
+
+def robots_url(url: str) -> str | None:
+    """``scheme://host[:port]/robots.txt`` for ``url``; None if the URL has no usable host."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/robots.txt"
+
+
+def robots_key(url: str) -> str | None:
+    """Cache key of the robots.txt governing ``url``: scheme, host and port (RFC 9309 section 2.3)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
+
+
+def product_token(user_agent: str) -> str:
+    """The product token robots.txt groups are matched against: ``newsflow/0.1 (+...)`` -> ``newsflow``."""
+    token = user_agent.strip().split(" ", 1)[0].split("/", 1)[0]
+    return token.lower() or "*"
+
+
+@dataclass(frozen=True)
+class RobotsRules:
+    """The rules of one robots.txt for one run."""
+
+    parser: Protego | None = None  # None: allow all (4xx), or disallow all when ``unavailable``
+    unavailable: str | None = None  # why the file could not be had (5xx, unreachable): disallow all
+
+    def allowed(self, url: str, agent: str) -> bool:
+        if self.unavailable is not None:
+            return False
+        if self.parser is None:
+            return True
+        return self.parser.can_fetch(url, agent)
+
+    def crawl_delay(self, agent: str) -> float | None:
+        if self.parser is None:
+            return None
+        return self.parser.crawl_delay(agent)
+
+
+ALLOW_ALL = RobotsRules()
+
+
+def parse_robots(body: bytes) -> RobotsRules:
+    text = body[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace").lstrip("\ufeff")
+    return RobotsRules(parser=Protego.parse(text))
+
+
+# Failures the page fetch itself would meet the same way, before sending anything (or with no
+# server to talk to): the page is let through so that it is recorded with its own, truer class.
+_PAGE_FAILS_ALIKE = frozenset({"bad_url", "bad_scheme", "blocked_address", "dns", "tls"})
+
+
+def rules_from_result(result: FetchResult) -> RobotsRules:
+    """RFC 9309 section 2.3.1 applied to a fetched robots.txt."""
+    if result.status is None and result.error_class in _PAGE_FAILS_ALIKE:
+        return ALLOW_ALL
+    if result.status is not None and 200 <= result.status < 300 and result.error_class is None:
+        return parse_robots(result.body or b"")
+    if result.status == 429:  # a rate limit is not "no robots.txt": treat like a server error
+        return RobotsRules(unavailable=f"robots.txt answered HTTP 429 ({result.url})")
+    if result.status is not None and 400 <= result.status < 500:
+        return ALLOW_ALL
+    reason = f"HTTP {result.status}" if result.status is not None else result.error_class or "error"
+    detail = f": {result.error_message}" if result.error_message and result.status is None else ""
+    return RobotsRules(unavailable=f"robots.txt unavailable ({reason}{detail}) at {result.url}"[:1000])
+
+
+@dataclass
+class PolitenessState:
+    """Per-run knowledge about hosts, shared by all the fetchers of one run (thread-safe)."""
+
+    rules: dict[str, RobotsRules] = field(default_factory=dict)  # robots_key -> rules
+    postponed: dict[str, datetime] = field(default_factory=dict)  # host key -> not before (UTC)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def get_rules(self, key: str) -> RobotsRules | None:
+        with self._lock:
+            return self.rules.get(key)
+
+    def set_rules(self, key: str, rules: RobotsRules) -> None:
+        with self._lock:
+            self.rules.setdefault(key, rules)
+
+    def postpone(self, host: str, until: datetime) -> None:
+        with self._lock:
+            current = self.postponed.get(host)
+            if current is None or until > current:
+                self.postponed[host] = until
+
+    def postponed_until(self, host: str) -> datetime | None:
+        with self._lock:
+            return self.postponed.get(host)
+
+
+_runs: OrderedDict[str, PolitenessState] = OrderedDict()
+_runs_lock = threading.Lock()
+
+
+def run_state(run_id: str | None) -> PolitenessState:
+    """The state of run ``run_id`` (created on first use); a fresh one when there is no run id."""
+    if run_id is None:
+        return PolitenessState()
+    with _runs_lock:
+        state = _runs.get(run_id)
+        if state is None:
+            state = _runs[run_id] = PolitenessState()
+            while len(_runs) > _KEPT_RUNS:
+                _runs.popitem(last=False)
+        else:
+            _runs.move_to_end(run_id)
+        return state
