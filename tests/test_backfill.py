@@ -82,6 +82,25 @@ def test_url_list_backfill_is_idempotent(prefect_api, newsflow_env, tmp_path, ar
         ("backfill", 5),
         ("backfill", 0),
     ]
+    # The Prefect run shows the progress (an artifact that reached 100 %) and a report.
+    assert _latest_artifact("backfill-progress").data == 100.0
+    assert "skipped_known | 5" in _latest_artifact("backfill-report").data
+
+
+def _latest_artifact(key: str):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+            return max(found, key=lambda a: a.created)
+
+    return asyncio.run(latest())
 
 
 # --------------------------------------------------------------------------- sitemaps
