@@ -93,3 +93,20 @@ def subprocess_env(prefect_api: str, data_dir: Path, **extra: str) -> dict[str, 
     env["PREFECT_API_URL"] = prefect_api
     env.update(extra)
     return env
+
+
+def latest_artifact(key: str):
+    """The newest Prefect artifact with this key (from the session's test server)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+            return max(found, key=lambda a: a.created)
+
+    return asyncio.run(latest())

@@ -14,7 +14,7 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 from builders import ATOM, RSS, atom_feed, feeds_toml, make_story, page_route, rss_feed
-from conftest import subprocess_env
+from conftest import latest_artifact, subprocess_env
 
 from newsflow.loopback import Route
 from tasks.sources import parse_sitemap, read_url_list, wordpress_page_url
@@ -83,24 +83,8 @@ def test_url_list_backfill_is_idempotent(prefect_api, newsflow_env, tmp_path, ar
         ("backfill", 0),
     ]
     # The Prefect run shows the progress (an artifact that reached 100 %) and a report.
-    assert _latest_artifact("backfill-progress").data == 100.0
-    assert "skipped_known | 5" in _latest_artifact("backfill-report").data
-
-
-def _latest_artifact(key: str):
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def latest():
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-            )
-            return max(found, key=lambda a: a.created)
-
-    return asyncio.run(latest())
+    assert latest_artifact("backfill-progress").data == 100.0
+    assert "skipped_known | 5" in latest_artifact("backfill-report").data
 
 
 # --------------------------------------------------------------------------- sitemaps

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from builders import RSS, feeds_toml, make_story, page_route, rss_feed
-from conftest import TEST_ENV, subprocess_env
+from conftest import TEST_ENV, latest_artifact, subprocess_env
 
 from newsflow.loopback import LoopbackSite, Route
 from warehouse import maintenance as m
@@ -447,22 +447,6 @@ def test_prune_removes_old_raw_day_folders_only(data):
 # --------------------------------------------------------------------------- the flow
 
 
-def _artifact_markdown(key: str) -> str:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def latest():
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-            )
-            return max(found, key=lambda a: a.created)
-
-    return asyncio.run(latest()).data
-
-
 def test_maintenance_flow_runs_on_prefect(prefect_api, env, monkeypatch):
     from flows.maintenance import maintenance_flow
     from flows.poll import BUSY_STATE
@@ -489,7 +473,7 @@ def test_maintenance_flow_runs_on_prefect(prefect_api, env, monkeypatch):
     )
     assert (data / "raw" / TODAY.isoformat()).is_dir()
     assert m.check_warehouse(data).consistent
-    markdown = _artifact_markdown("maintenance-report")
+    markdown = latest_artifact("maintenance-report").data
     assert f"ingest_date={PAST}" in markdown and "2020-01-01" in markdown
 
     # Another writer holds the warehouse: the flow waits, then stops cleanly, changing nothing.

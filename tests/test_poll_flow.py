@@ -3,6 +3,7 @@ DuckDB and Parquet files read back."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 from builders import ATOM, JSONFEED, RSS, atom_feed, feeds_toml, json_feed, make_story, page_route, rss_feed
+from conftest import latest_artifact
 
 from newsflow.loopback import Route
 from warehouse.raw_archive import read_raw_record
@@ -34,24 +36,6 @@ def query(data_dir: Path, sql: str, params=None) -> list[tuple]:
 def parquet_rows(data_dir: Path, table: str) -> int:
     files = list((data_dir / "parquet" / table).glob("*/*.parquet"))
     return ds.dataset(files, format="parquet").count_rows() if files else 0
-
-
-def _artifact_table(key: str) -> list[dict]:
-    import asyncio
-    import json as _json
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def latest():
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-            )
-            return max(found, key=lambda a: a.created)
-
-    data = asyncio.run(latest()).data
-    return _json.loads(data) if isinstance(data, str) else data
 
 
 @pytest.fixture
@@ -152,7 +136,10 @@ def test_full_poll_end_to_end(prefect_api, newsflow_env, tmp_path, news_site):
     runs = query(newsflow_env, "SELECT status, pages_fetched FROM runs")
     assert runs == [("completed", 6)]
     # The run summary is published as a Prefect artifact of the flow run.
-    summary = {row["measure"]: row["value"] for row in _artifact_table("poll-summary")}
+    table = latest_artifact("poll-summary").data
+    summary = {
+        row["measure"]: row["value"] for row in (json.loads(table) if isinstance(table, str) else table)
+    }
     assert summary["pages_fetched"] == 6 and summary["feeds_polled"] == 3
 
 
