@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
+import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -173,8 +176,18 @@ def extract_article(job: ExtractJob) -> Extracted:
     )
 
 
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """A worker whose parent died (killed with SIGKILL, say) has nothing left to do: leave."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def _warm_up() -> None:
-    """Pay the imports and the language model's loading before the first page, not during it."""
+    """Pay the imports and the language model's loading before the first page, not during it;
+    and make sure the worker does not outlive the process that started it."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import py3langid
     import trafilatura  # noqa: F401
 

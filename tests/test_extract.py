@@ -77,3 +77,39 @@ def test_pool_gives_the_same_results_and_survives_a_worker_dying(monkeypatch):
     assert [g.key for g in got] == [j.key for j in poisoned]
     assert got[3].text is None and "died" in got[3].error
     assert [g for g in got if g.key != "poison"] == serial
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path):
+    """A poll killed with SIGKILL must not leave its extraction workers behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from tasks.extract import ExtractorPool\n"
+        "with ExtractorPool(2) as pool:\n"
+        "    pool.map([])\n"
+        "    time.sleep(3)\n"  # the workers are up and warm by now
+        "    print(' '.join(str(p) for p in pool._executor._processes), flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [w for w in alive if _alive(w)]
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
