@@ -431,6 +431,22 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def _failed(request: FetchRequest, error: FetchError, fetched_at: datetime, elapsed_ms: int, attempts: int):
+    """The result of a request that got no HTTP response (refused, or failed on the way)."""
+    return FetchResult(
+        url=request.url,
+        final_url=request.url,
+        status=None,
+        headers=(),
+        body=None,
+        fetched_at=fetched_at,
+        elapsed_ms=elapsed_ms,
+        error_class=error.error_class,
+        error_message=str(error.args[0])[:1000],
+        attempts=attempts,
+    )
+
+
 class Fetcher:
     """One run's client: connection pool, host limiter and global concurrency.
 
@@ -586,18 +602,7 @@ class Fetcher:
 
     def _refused(self, request: FetchRequest, error: FetchError) -> FetchResult:
         """A request newsflow decided not to send."""
-        return FetchResult(
-            url=request.url,
-            final_url=request.url,
-            status=None,
-            headers=(),
-            body=None,
-            fetched_at=datetime.now(UTC),
-            elapsed_ms=0,
-            error_class=error.error_class,
-            error_message=str(error.args[0])[:1000],
-            attempts=0,
-        )
+        return _failed(request, error, datetime.now(UTC), elapsed_ms=0, attempts=0)
 
     # ----------------------------------------------------------------- fetching
 
@@ -686,18 +691,7 @@ class Fetcher:
                         continue
                 fetched_at = fetched_at or datetime.now(UTC)
                 if response is None:
-                    return FetchResult(
-                        url=request.url,
-                        final_url=request.url,
-                        status=None,
-                        headers=(),
-                        body=None,
-                        fetched_at=fetched_at,
-                        elapsed_ms=int(spent * 1000),
-                        error_class=error.error_class,
-                        error_message=str(error.args[0])[:1000],
-                        attempts=attempts,
-                    )
+                    return _failed(request, error, fetched_at, int(spent * 1000), attempts)
                 ok = error is None
                 return FetchResult(
                     url=request.url,
