@@ -95,6 +95,7 @@ KEYS = {
     "extraction_history": "history_id",
     "feeds": "feed_url",
     "runs": "run_id",
+    "feed_events": "event_id",
 }
 # When a row was written, per append table: load_batches.committed_at is rebuilt from it.
 ROW_TIMES = {

@@ -28,7 +28,7 @@ from warehouse.lock import WriterLock
 from warehouse.stories import assign_story_ids, insert_story_index, reindex_articles
 
 APPEND_TABLES = ("entries", "articles", "fetch_log", "extraction_history")  # one Parquet file per batch
-SNAPSHOT_TABLES = ("feeds", "runs")  # small, rewritten whole at the end of a run
+SNAPSHOT_TABLES = ("feeds", "runs", "feed_events")  # small, rewritten whole at the end of a run
 
 # Table names are fixed identifiers, never user input: each statement is a constant.
 SELECT_EMPTY = {t: f"SELECT * FROM {t} LIMIT 0" for t in APPEND_TABLES + SNAPSHOT_TABLES}  # noqa: S608
