@@ -83,6 +83,7 @@ TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 POSTPONING_STATUSES = frozenset({429, 503})
 ACCEPT_ROBOTS = "text/plain, */*;q=0.5"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PERMANENT_REDIRECTS = frozenset({301, 308})  # a feed that answers these has moved for good
 _READ_CHUNK = 64 * 1024
 
 
@@ -116,6 +117,7 @@ class FetchResult:
     fetched_at: datetime
     elapsed_ms: int
     redirects: tuple[str, ...] = ()
+    redirect_statuses: tuple[int, ...] = ()  # the status of each redirect hop, in order
     error_class: str | None = None
     error_message: str | None = None
     remote_address: str | None = None
@@ -129,6 +131,13 @@ class FetchResult:
     @property
     def not_modified(self) -> bool:
         return self.status == 304
+
+    @property
+    def permanently_moved_to(self) -> str | None:
+        """Where the resource now lives, when every redirect hop was permanent (301/308)."""
+        if self.redirects and all(s in PERMANENT_REDIRECTS for s in self.redirect_statuses):
+            return self.final_url
+        return None
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -517,6 +526,7 @@ class Fetcher:
     async def _attempt(self, request: FetchRequest, url: httpx.URL, slot):
         """Follow redirects from ``url`` (whose host slot is ``slot``), checking every hop."""
         redirects: list[str] = []
+        statuses: list[int] = []
         headers = {"Accept": request.accept}
         if request.etag:
             headers["If-None-Match"] = request.etag
@@ -526,10 +536,10 @@ class Fetcher:
             response, body, address = await self._one_hop(url, request, headers, slot)
             slot = None
             if response.status_code not in REDIRECT_STATUSES:
-                return response, body, redirects, str(url), address
+                return response, body, (redirects, statuses), str(url), address
             location = response.headers.get("location")
             if not location:
-                return response, body, redirects, str(url), address
+                return response, body, (redirects, statuses), str(url), address
             if len(redirects) >= self.settings.max_redirects:
                 raise FetchError(
                     "too_many_redirects",
@@ -539,6 +549,7 @@ class Fetcher:
             if next_url in redirects or next_url == request.url:
                 raise FetchError("too_many_redirects", f"redirect loop at {next_url[:200]}")
             redirects.append(next_url)
+            statuses.append(response.status_code)
             url = _check_url(next_url)
             # Validators belong to the first URL; do not send them to another resource.
             headers = {"Accept": headers["Accept"]}
@@ -701,7 +712,8 @@ class Fetcher:
                     body=body if ok and response.status_code != 304 else None,
                     fetched_at=fetched_at,
                     elapsed_ms=int(spent * 1000),
-                    redirects=tuple(redirects),
+                    redirects=tuple(redirects[0]),
+                    redirect_statuses=tuple(redirects[1]),
                     error_class=None if ok else error.error_class,
                     error_message=None if ok else error.args[0],
                     remote_address=address,
