@@ -7,7 +7,9 @@ message, up to ``NEWSFLOW_LOCK_TIMEOUT`` seconds, then stops cleanly.
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import ExitStack, nullcontext
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,6 +21,7 @@ from newsflow.settings import build_settings
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
+from tasks.schedule import BACKOFF, DEAD, RETIRED
 from warehouse.lock import WarehouseBusy, WriterLock
 from warehouse.store import Warehouse
 
@@ -26,10 +29,21 @@ BUSY_STATE = "WarehouseBusy"
 
 
 @flow(name="newsflow-poll", log_prints=False)
-def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dict:
-    """Poll every feed in ``feeds_file`` once into the warehouse in ``data_dir``."""
+def poll_flow(
+    feeds_file: str | None = None,
+    data_dir: str | None = None,
+    all_feeds: bool = False,
+    now: datetime | None = None,
+) -> dict:
+    """Poll the feeds of ``feeds_file`` that are due into the warehouse in ``data_dir``.
+
+    Each feed has its own schedule (tasks/schedule.py): a 15-minute cron over thousands of feeds
+    fetches only those whose next poll has come. ``all_feeds`` polls every listed feed but the
+    retired ones. ``now`` is the time the schedules are judged at (default: the clock); tests
+    and replays set it."""
     logger = get_run_logger()
     settings = build_settings(feeds_file=feeds_file, data_dir=data_dir)
+    now = now or datetime.now(UTC)
     ctx = RunContext.new("poll", flow_run.id)
     summary = RunSummary(run_id=ctx.run_id)
 
@@ -50,18 +64,21 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
         if any(repaired.values()):
             logger.warning("repaired what an interrupted run left behind: %s", repaired)
         specs = t.read_feed_list(settings.feeds_file)
-        feed_results = t.fetch_feeds(specs, wh, settings)
-        outcomes = t.parse_feeds(feed_results, wh)
+        due = t.select_due_feeds(specs, wh, now, all_feeds)
+        feed_results = t.fetch_feeds(due, wh, settings)
+        outcomes = t.parse_feeds(feed_results, due, wh)
         plan = t.plan_entries(outcomes, wh, settings)
-        _count_feeds(summary, outcomes, plan)
+        _count_feeds(summary, due, outcomes, plan)
 
         # One warehouse session for the whole poll: it holds the writer lock from start to end.
         process_pages(plan.pages, settings, pool, ctx, summary, session=lambda: nullcontext(wh))
 
-        t.load_feeds(specs, outcomes, plan, wh, ctx)
+        t.load_feeds(due, outcomes, plan, wh, ctx, settings, now)
+        health = t.feed_health(specs, wh)
+        _count_states(summary, health)
         t.record_run(wh, ctx, summary, "completed")
 
-    _publish(summary)
+    _publish(summary, health)
     for f in summary.failures:
         logger.info("%s failed: %s [%s] %s", f["kind"], f["url"], f["error_class"], f["error"])
     if summary.failures:
@@ -73,7 +90,8 @@ def poll_flow(feeds_file: str | None = None, data_dir: str | None = None) -> dic
     return {"run_id": ctx.run_id, **summary.counts(), "failures": summary.failures}
 
 
-def _count_feeds(summary: RunSummary, outcomes, plan) -> None:
+def _count_feeds(summary: RunSummary, due, outcomes, plan) -> None:
+    summary.feeds_listed, summary.feeds_due = due.listed, len(due.due)
     for o in outcomes:
         summary.feeds_polled += 1
         if o.failed:
@@ -86,12 +104,25 @@ def _count_feeds(summary: RunSummary, outcomes, plan) -> None:
     summary.duplicates += len(plan.known)
 
 
-def _publish(summary: RunSummary) -> None:
+def _count_states(summary: RunSummary, health: list[dict]) -> None:
+    states = Counter(row["state"] for row in health)
+    summary.feeds_backed_off = states[BACKOFF]
+    summary.feeds_dead = states[DEAD]
+    summary.feeds_retired = states[RETIRED]
+
+
+def _publish(summary: RunSummary, health: list[dict]) -> None:
     counts = summary.counts()
     create_table_artifact(
         key="poll-summary",
         table=[{"measure": k, "value": v} for k, v in counts.items() if k != "run_id"],
         description="newsflow poll: run summary",
+    )
+    # The same table as `newsflow feeds status` for the listed feeds, failing ones first.
+    create_table_artifact(
+        key="feed-health",
+        table=[{k: _plain(v) for k, v in row.items()} for row in health],
+        description="newsflow poll: feed health (state, last success, failures, last error, next due, rate)",
     )
     lines = ["# newsflow poll", "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in counts.items()]
@@ -102,3 +133,8 @@ def _publish(summary: RunSummary) -> None:
             for f in summary.failures[:200]
         ]
     create_markdown_artifact(key="poll-report", markdown="\n".join(lines), description="newsflow poll report")
+
+
+def _plain(value):
+    """Artifact cells are JSON: times as ISO strings."""
+    return value.isoformat() if isinstance(value, datetime) else value

@@ -113,6 +113,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     state = poll_flow(
         feeds_file=str(args.feeds) if args.feeds else None,
         data_dir=str(args.data_dir) if args.data_dir else None,
+        all_feeds=args.all,
         return_state=True,
     )
     return _finish(state, started)
@@ -216,10 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newsflow", description="News feeds into a queryable warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("poll", help="poll every feed once into the warehouse")
+    p = sub.add_parser("poll", help="poll the feeds that are due into the warehouse")
     p.add_argument("--feeds", type=Path, help="feed list (default: feeds.toml, or NEWSFLOW_FEEDS_FILE)")
     p.add_argument(
         "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="poll every listed feed now, due or not (dead ones too; not those retired by 410 Gone)",
     )
     p.set_defaults(func=cmd_poll)
 

@@ -179,6 +179,69 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- status / revive
+
+# Sort keys of `feeds status`: fixed ORDER BY clauses, chosen by name (never user text in SQL).
+STATUS_ORDER = {
+    "state": "(state <> 'active') DESC, state, failures DESC, feed_url",
+    "failures": "failures DESC, last_success_at NULLS FIRST, feed_url",
+    "last-success": "last_success_at NULLS FIRST, feed_url",
+    "next-due": "next_due_at NULLS FIRST, feed_url",
+    "rate": "mean_new_per_day DESC NULLS LAST, feed_url",
+    "feed": "feed, feed_url",
+}
+STATUS_FAILING = "state <> 'active' OR failures > 0"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from warehouse.queries import named_query, run_query
+
+    data_dir = Path(args.data_dir or os.environ.get("NEWSFLOW_DATA_DIR") or "data")
+    sql = f"SELECT * FROM ({named_query('feed_status')}) AS status"  # noqa: S608 - fixed texts only
+    if args.failing:
+        sql += f" WHERE {STATUS_FAILING}"
+    sql += f" ORDER BY {STATUS_ORDER[args.sort]}"
+    if args.limit:
+        sql += " LIMIT $limit"
+    params = {"feeds": None, **({"limit": args.limit} if args.limit else {})}
+    try:
+        columns, rows, source = run_query(data_dir, sql, params=params)
+    except FileNotFoundError as exc:
+        return _fail("status", str(exc), 2)
+    print_rows(columns, rows, args.format, title="Feed status" + (" (failing)" if args.failing else ""))
+    if source == "parquet" and args.format == "table":
+        err.print("[dim]a writer holds the warehouse: read from Parquet (as of its last snapshot)[/dim]")
+    return 0
+
+
+def cmd_revive(args: argparse.Namespace) -> int:
+    """A dead or retired feed, due again now, its failure streak forgotten."""
+    from datetime import UTC, datetime
+
+    from newsflow.settings import build_settings
+    from tasks.load import feed_event_row
+    from tasks.schedule import FeedSchedule, revive
+    from warehouse.lock import WarehouseBusy, WriterLock
+    from warehouse.store import Warehouse
+
+    settings = build_settings(data_dir=args.data_dir)
+    now = datetime.now(UTC)
+    try:
+        with WriterLock(settings.data_dir, settings.lock_timeout, "feeds revive"), Warehouse(settings.data_dir) as wh:
+            row = wh.feed_rows([args.url]).get(args.url)
+            if row is None:
+                return _fail("revive", f"no feed {args.url} in the warehouse at {settings.data_dir}", 1)
+            before = FeedSchedule.from_row(row)
+            row.update(revive(before, now).columns())
+            event = feed_event_row(args.url, now, "revived", f"by the user (was {before.state})", None)
+            wh.upsert_feeds([row], [event])
+            wh.export_snapshots()
+    except WarehouseBusy as exc:
+        return _fail("revive", str(exc), 75)
+    _out(f"  revived  {escape(args.url)} (was {before.state}); due now")
+    return 0
+
+
 # --------------------------------------------------------------------------- wiring
 
 
@@ -204,6 +267,21 @@ def register(sub) -> None:
     q.add_argument("--all", action="store_true", help="add every feed found, not only the first")
     _feeds_option(q)
     q.set_defaults(func=cmd_add)
+
+    q = feeds_sub.add_parser(
+        "status", help="one row per feed: state, last success, failures, last error, next due, new items per day"
+    )
+    q.add_argument("--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)")
+    q.add_argument("--failing", action="store_true", help="only feeds failing, backing off, dead or retired")
+    q.add_argument("--sort", choices=tuple(STATUS_ORDER), default="state", help="sort order (default: state)")
+    q.add_argument("--limit", type=int, help="at most this many rows")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=cmd_status)
+
+    q = feeds_sub.add_parser("revive", help="poll a dead or retired (410) feed again from the next poll")
+    q.add_argument("url", help="the feed's URL, as in feeds.toml")
+    q.add_argument("--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)")
+    q.set_defaults(func=cmd_revive)
 
     q = feeds_sub.add_parser("import", help="add the feeds of an OPML file (folders become tags)")
     q.add_argument("file", type=Path, help="an OPML 1.0 or 2.0 file")

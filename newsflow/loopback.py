@@ -45,6 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
         with site.lock:
             site.hits[path] += 1
             site.requests.append((path, dict(self.headers)))
+            site.request_times.append((time.monotonic(), path))
         route = site.routes.get(path) or site.routes.get(self.path)
         if route is None:
             self._send(404, b"not found", "text/plain", {})
@@ -101,6 +102,7 @@ class LoopbackSite:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.request_times: list[tuple[float, str]] = []  # (time.monotonic() on arrival, path)
         self.lock = threading.Lock()
         self.last_modified = formatdate(time.time() - 3600, usegmt=True)
         self._server = _Server((host, port), _Handler)

@@ -51,6 +51,24 @@ class Settings(BaseSettings):
         "a disallowed page is recorded, not fetched. Feeds are not checked (the user chose them).",
     )
     max_crawl_delay: float = Field(30.0, ge=0)  # cap on a robots.txt Crawl-delay, in seconds
+    robots_cache_hours: float = Field(
+        24.0,
+        ge=0,
+        description="How long a robots.txt a host answered (2xx, or 4xx = no rules) is reused by "
+        "later runs; RFC 9309 section 2.4 advises against more than 24 hours. 0: every run asks. "
+        "An unavailable robots.txt (5xx, unreachable) is never reused: the next run asks again.",
+    )
+
+    # Feed schedule (tasks/schedule.py), in seconds. Per-feed `interval`, `min_interval` and
+    # `max_interval` in feeds.toml override the bounds.
+    feed_min_interval: float = Field(300, gt=0)  # never poll a feed more often than this
+    feed_max_interval: float = Field(86400, gt=0)  # nor less often than this while it answers
+    feed_first_interval: float = Field(3600, gt=0)  # before anything is known of a feed's rate
+    feed_backoff_base: float = Field(600, gt=0)  # first wait after a failure; doubles per failure
+    feed_backoff_cap: float = Field(43200, gt=0)
+    feed_dead_after_failures: int = Field(10, ge=1)  # failures in a row that make a feed dead
+    feed_dead_after: float = Field(7 * 86400, gt=0)  # ... or failing for this long
+    feed_dead_probe_interval: float = Field(3 * 86400, gt=0)  # how often a dead feed is re-probed
 
     # Work sizes
     max_entries_per_feed: int = 200  # new entries taken from one feed per run; the rest next run

@@ -7,6 +7,7 @@ in as one transaction (``Warehouse.load_batch``), then out as Parquet.
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,14 @@ from tasks.dedup import (
 from tasks.extract import EXTRACTOR_NAME, EXTRACTOR_OPTIONS_JSON, Extracted, extractor_version
 from tasks.fetch import FetchResult
 from tasks.parse import FeedEntry, FeedOutcome
+from tasks.schedule import (
+    FeedOverride,
+    FeedSchedule,
+    PollObservation,
+    SchedulePolicy,
+    header_hint_seconds,
+    next_schedule,
+)
 from warehouse.raw_archive import RawArchiveWriter, raw_path_for
 
 # A page that failed this way is tried again next run; any other failure is final for its entries.
@@ -53,9 +62,14 @@ class RunContext:
 @dataclass
 class RunSummary:
     run_id: str
+    feeds_listed: int = 0
+    feeds_due: int = 0  # listed feeds whose next poll had come (all of them with --all)
     feeds_polled: int = 0
-    feeds_not_modified: int = 0
+    feeds_not_modified: int = 0  # 304, or the same bytes: no parsing, no writes but their state
     feeds_failed: int = 0
+    feeds_backed_off: int = 0  # after the run: listed feeds failing, waiting out their backoff
+    feeds_dead: int = 0  # after the run: listed feeds given up on, re-probed rarely
+    feeds_retired: int = 0  # after the run: listed feeds that answered 410 Gone
     new_entries: int = 0
     entries_left_for_next_run: int = 0
     pages_fetched: int = 0
@@ -345,15 +359,40 @@ def known_entry_rows(
     return rows
 
 
+def poll_observation(outcome: FeedOutcome, new_entries: int, now: datetime) -> PollObservation:
+    """What one feed's poll tells its schedule."""
+    r = outcome.result
+    parsed = outcome.parsed
+    dates = tuple(d for e in (parsed.entries if parsed else ()) for d in (e.published_at or e.updated_at,) if d)
+    return PollObservation(
+        at=now,
+        ok=not outcome.failed,
+        changed=parsed is not None,
+        error_class=outcome.error_class,
+        error_message=outcome.error_message,
+        status=r.status,
+        new_entries=new_entries,
+        entries_in_feed=len(parsed.entries) if parsed else 0,
+        entry_dates=dates,
+        feed_hint_s=parsed.hint_interval_s if parsed else None,
+        header_hint_s=header_hint_seconds(dict(r.headers), now) if r.status is not None else None,
+        moved_to=r.permanently_moved_to,
+    )
+
+
 def feed_rows(
     outcomes: Sequence[FeedOutcome],
     specs: Mapping[str, object],
     previous: Mapping[str, Mapping],
     new_entry_counts: Mapping[str, int],
     now: datetime,
-) -> list[dict]:
-    """The new state of each polled feed: validators, last status, failure count."""
-    rows = []
+    policy: SchedulePolicy,
+    rng: random.Random | None = None,
+    run_id: str | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """The new state of each polled feed (validators, last status, schedule), and the events
+    (moved, backoff, dead, revived, retired, recovered) to record beside it."""
+    rows, events = [], []
     for o in outcomes:
         spec = specs[o.feed_url]
         prev = previous.get(o.feed_url) or {}
@@ -363,6 +402,15 @@ def feed_rows(
         etag, last_modified = prev.get("etag"), prev.get("last_modified")
         if success and r.status == 200:
             etag, last_modified = r.header("etag"), r.header("last-modified")
+        new_entries = new_entry_counts.get(o.feed_url, 0)
+        update = next_schedule(
+            o.feed_url,
+            FeedSchedule.from_row(prev),
+            poll_observation(o, new_entries, now),
+            policy,
+            getattr(spec, "override", None) or FeedOverride(),
+            rng,
+        )
         rows.append(
             {
                 "feed_url": o.feed_url,
@@ -376,13 +424,24 @@ def feed_rows(
                 "last_modified": last_modified,
                 "body_hash": o.body_hash if success else prev.get("body_hash"),
                 "last_status": r.status,
-                "last_fetched_at": r.fetched_at,
-                "last_success_at": now if success else prev.get("last_success_at"),
+                "last_fetched_at": now,
                 "last_error_class": o.error_class,
                 "last_error": o.error_message,
-                "consecutive_failures": 0 if success else int(prev.get("consecutive_failures") or 0) + 1,
-                "entries_seen": int(prev.get("entries_seen") or 0) + new_entry_counts.get(o.feed_url, 0),
+                "entries_seen": int(prev.get("entries_seen") or 0) + new_entries,
                 "added_at": prev.get("added_at") or now,
+                **update.schedule.columns(),
             }
         )
-    return rows
+        events += [feed_event_row(e.feed_url, e.at, e.event, e.detail, run_id) for e in update.events]
+    return rows, events
+
+
+def feed_event_row(feed_url: str, at: datetime, event: str, detail: str | None, run_id: str | None) -> dict:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "feed_url": feed_url,
+        "event_at": at,
+        "event": event,
+        "detail": (detail or "")[:1000] or None,
+        "run_id": run_id,
+    }

@@ -10,7 +10,7 @@ import calendar
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urljoin
@@ -19,6 +19,7 @@ import feedparser
 from feedparser.datetimes import _parse_date
 
 from tasks.fetch import FetchResult
+from tasks.schedule import feed_hint_seconds
 
 # Hostile XML: feedparser expands flat ("quadratic") entity declarations itself after expat
 # refuses them, and DTDs are never needed by a feed. Everything between <!DOCTYPE and the root
@@ -64,6 +65,7 @@ class ParsedFeed:
     site_url: str | None
     language: str | None
     entries: tuple[FeedEntry, ...] = field(default_factory=tuple)
+    hint_interval_s: int | None = None  # what the document asks: <ttl>, sy:updatePeriod/Frequency
 
 
 class FeedParseError(Exception):
@@ -178,6 +180,9 @@ def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFee
         site_url=_clip(feed.get("link")),
         language=_clip(feed.get("language")),
         entries=tuple(entries),
+        hint_interval_s=feed_hint_seconds(
+            feed.get("ttl"), feed.get("sy_updateperiod"), feed.get("sy_updatefrequency")
+        ),
     )
 
 
@@ -318,12 +323,17 @@ class FeedOutcome:
 
 
 def parse_feed_results(
-    results: list[FetchResult], previous_hashes: Mapping[str, str | None]
+    results: list[FetchResult],
+    previous_hashes: Mapping[str, str | None],
+    feed_urls: Sequence[str] | None = None,
 ) -> list[FeedOutcome]:
-    """Parse each fetched feed; a feed whose bytes did not change costs no parsing."""
+    """Parse each fetched feed; a feed whose bytes did not change costs no parsing.
+
+    ``feed_urls`` names the feed of each result when it was fetched from elsewhere (a feed that
+    moved keeps its identity); by default the URL requested."""
     outcomes = []
-    for result in results:
-        url = result.url
+    for n, result in enumerate(results):
+        url = feed_urls[n] if feed_urls is not None else result.url
         if result.error_class:
             outcomes.append(
                 FeedOutcome(url, result, error_class=result.error_class, error_message=result.error_message)

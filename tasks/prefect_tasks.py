@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from newsflow.settings import Settings
 from tasks import dedup, feeds, fetch, load, parse, reextract, robots
 from tasks.extract import ExtractJob, ExtractorPool, extract_batch
+from tasks.schedule import SchedulePolicy
 from warehouse.store import Warehouse
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -27,17 +28,29 @@ def read_feed_list(path: Path) -> list[feeds.FeedSpec]:
     return feeds.load_feed_list(path)
 
 
+@task(name="select-due-feeds", **_TASK)
+def select_due_feeds(specs: list[feeds.FeedSpec], wh: Warehouse, now: datetime, poll_all: bool) -> feeds.DueFeeds:
+    return feeds.due_feeds(specs, wh.feed_rows([s.url for s in specs]), now, poll_all)
+
+
 @task(name="fetch-feeds", **_TASK)
-def fetch_feeds(specs: list[feeds.FeedSpec], wh: Warehouse, settings: Settings) -> list[fetch.FetchResult]:
+def fetch_feeds(due: feeds.DueFeeds, wh: Warehouse, settings: Settings) -> list[fetch.FetchResult]:
+    """The due feeds, conditionally, from where they live now. Feeds share each host's budget
+    (concurrency, spacing, postponement) with the pages fetched later in the same run."""
+    from prefect.runtime import flow_run
+
+    specs = list(due.due)
     stored = wh.feed_validators([s.url for s in specs])
     validators = {url: feeds.FeedValidators(*v) for url, v in stored.items()}
-    return fetch.fetch_all(feeds.feed_requests(specs, validators, settings.max_feed_bytes), settings)
+    requests = feeds.feed_requests(specs, validators, settings.max_feed_bytes, due.fetch_urls)
+    return fetch.fetch_all(requests, settings, robots.run_state(flow_run.id))
 
 
 @task(name="parse-feeds", **_TASK)
-def parse_feeds(results: list[fetch.FetchResult], wh: Warehouse) -> list[parse.FeedOutcome]:
-    previous = {url: v[2] for url, v in wh.feed_validators([r.url for r in results]).items()}
-    return parse.parse_feed_results(results, previous)
+def parse_feeds(results: list[fetch.FetchResult], due: feeds.DueFeeds, wh: Warehouse) -> list[parse.FeedOutcome]:
+    feed_urls = [s.url for s in due.due]
+    previous = {url: v[2] for url, v in wh.feed_validators(feed_urls).items()}
+    return parse.parse_feed_results(results, previous, feed_urls)
 
 
 @task(name="plan-entries", **_TASK)
@@ -100,37 +113,49 @@ def load_pages(
 
 @task(name="load-feeds", **_TASK)
 def load_feeds(
-    specs: list[feeds.FeedSpec],
+    due: feeds.DueFeeds,
     outcomes: list[parse.FeedOutcome],
     plan: dedup.EntryPlan,
     wh: Warehouse,
     ctx: load.RunContext,
+    settings: Settings,
+    now: datetime,
 ) -> dict[str, int]:
-    """Feed documents to the raw archive, their fetch_log rows and the entries that needed no
-    fetch in one batch, then the feeds' new state (validators last: a crash before this point
-    makes the next run fetch the feeds again rather than miss entries)."""
+    """Changed or failed feed documents to the raw archive and fetch_log, the entries that needed
+    no fetch, then the feeds' new state and schedule (last: a crash before this point makes the
+    next run fetch the feeds again rather than miss entries).
+
+    A feed that did not change (304, or the same bytes) writes nothing but its state."""
     batch_id = ctx.next_batch_id()
-    # Unchanged feeds (304, same bytes) have nothing new to archive.
-    refs = iter(load.archive_raw(wh.data_dir, batch_id, [o.result for o in outcomes if not o.unchanged]))
-    rows: dict[str, list[dict]] = {"fetch_log": [], "entries": []}
-    for n, o in enumerate(outcomes):
-        raw = (None, None) if o.unchanged else next(refs)
-        rows["fetch_log"].append(
+    logged = [o for o in outcomes if not o.unchanged]
+    refs = load.archive_raw(wh.data_dir, batch_id, [o.result for o in logged])
+    rows: dict[str, list[dict]] = {
+        "fetch_log": [
             load.fetch_log_row(o.result, "feed", ctx, batch_id, n, raw, (o.error_class, o.error_message))
-        )
-    rows["entries"] = load.known_entry_rows(plan.known, plan.no_link, ctx, batch_id)
+            for n, (o, raw) in enumerate(zip(logged, refs, strict=True))
+        ],
+        "entries": load.known_entry_rows(plan.known, plan.no_link, ctx, batch_id),
+    }
     counts = wh.load_batch(batch_id, ctx.run_id, rows)
     new_per_feed: dict[str, int] = {}
     for job in plan.pages:
         for p in job.entries:
             new_per_feed[p.feed_url] = new_per_feed.get(p.feed_url, 0) + 1
-    for p, _ in plan.known:
+    for p in [*(p for p, _ in plan.known), *plan.no_link]:
         new_per_feed[p.feed_url] = new_per_feed.get(p.feed_url, 0) + 1
-    previous = {s.url: wh.feed_row(s.url) for s in specs}
-    wh.upsert_feeds(
-        load.feed_rows(outcomes, {s.url: s for s in specs}, previous, new_per_feed, datetime.now(UTC))
+    specs = {s.url: s for s in due.due}
+    previous = wh.feed_rows(list(specs))
+    feed_rows, events = load.feed_rows(
+        outcomes, specs, previous, new_per_feed, now, SchedulePolicy.from_settings(settings), run_id=ctx.run_id
     )
+    wh.upsert_feeds(feed_rows, events)
     return counts
+
+
+@task(name="feed-health", **_TASK)
+def feed_health(specs: list[feeds.FeedSpec], wh: Warehouse) -> list[dict]:
+    """One row per listed feed: state, last success, failures, last error, next due, rate."""
+    return wh.feed_health([s.url for s in specs])
 
 
 @task(name="load-known-entries", **_TASK)
@@ -166,7 +191,8 @@ def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, st
             "finished_at": datetime.now(UTC),
             "status": status,
             **{k: counts[k] for k in (
-                "feeds_polled", "feeds_not_modified", "feeds_failed", "new_entries",
+                "feeds_listed", "feeds_due", "feeds_polled", "feeds_not_modified", "feeds_failed",
+                "feeds_backed_off", "feeds_dead", "feeds_retired", "new_entries",
                 "pages_fetched", "pages_failed", "articles_extracted", "duplicates",
             )},
         }

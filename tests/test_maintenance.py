@@ -67,7 +67,7 @@ def built(prefect_api, site, tmp_path_factory) -> Path:
         assert poll_flow(feeds_file=str(feeds_file), data_dir=str(data))["articles_extracted"] == 5
         stories += [make_story(i, seed=3) for i in range(5, 8)]
         _publish(site, stories)
-        assert poll_flow(feeds_file=str(feeds_file), data_dir=str(data))["articles_extracted"] == 3
+        assert poll_flow(feeds_file=str(feeds_file), data_dir=str(data), all_feeds=True)["articles_extracted"] == 3
     site.feeds_file = feeds_file
     site.stories = stories
     return data
@@ -357,7 +357,7 @@ def test_rebuild_gives_identical_tables_and_the_warehouse_keeps_working(env, sit
 
     _publish(site, site.stories + [make_story(50, seed=3)])
     try:
-        result = poll_flow(feeds_file=str(site.feeds_file), data_dir=str(data))
+        result = poll_flow(feeds_file=str(site.feeds_file), data_dir=str(data), all_feeds=True)
     finally:
         _publish(site, site.stories)
     assert result["articles_extracted"] == 1 and result["pages_fetched"] == 1  # the 8 known ones not again

@@ -270,7 +270,7 @@ def test_poll_records_disallowed_pages_and_retries_unavailable_ones(
     feeds_file = tmp_path / "feeds.toml"
     feeds_file.write_text(feeds_toml([site.url("/rss.xml")]))
 
-    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env))
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), all_feeds=True)
 
     assert site.hits["/robots.txt"] == 1  # once for the run, over four batches
     assert site.hits[f"/secret/{stories[2].slug}.html"] == 0
@@ -290,7 +290,7 @@ def test_poll_records_disallowed_pages_and_retries_unavailable_ones(
     site.routes["/rss.xml"].body = rss_feed(
         [*items, (extra, site.url(f"/news/{extra.slug}.html"), "g-extra")]
     )
-    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env))
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), all_feeds=True)
 
     assert other.hits[f"/news/{stories[3].slug}.html"] == 1
     assert site.hits["/robots.txt"] == 2  # a new run asks again
@@ -344,7 +344,7 @@ def test_a_postponed_host_is_not_asked_again_by_the_next_poll(
     feeds_file = tmp_path / "feeds.toml"
     feeds_file.write_text(feeds_toml([site.url("/rss.xml")]))
 
-    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env))
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), all_feeds=True)
     asked = busy.hits[f"/n/{story.slug}.html"]
     assert asked == 1
     assert _query(newsflow_env, "SELECT count(*) FROM host_state WHERE postponed_until > now()") == [(1,)]
@@ -352,7 +352,7 @@ def test_a_postponed_host_is_not_asked_again_by_the_next_poll(
     site.routes["/rss.xml"].body = rss_feed(
         [(story, link, "g-1"), (extra, site.url(f"/n/{extra.slug}.html"), "g-2")]
     )
-    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env))
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), all_feeds=True)
     assert busy.hits[f"/n/{story.slug}.html"] == asked  # not asked again
     classes = [c for (c,) in _query(newsflow_env, "SELECT error_class FROM fetch_log WHERE url = ?", [link])]
     assert classes[-1] == "host_postponed"

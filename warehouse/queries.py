@@ -52,11 +52,13 @@ def parquet_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_query(data_dir: Path, sql: str, attempts: int = 3) -> tuple[list[str], list[tuple], str]:
+def run_query(
+    data_dir: Path, sql: str, attempts: int = 3, params: object = None
+) -> tuple[list[str], list[tuple], str]:
     for attempt in range(1, attempts + 1):
         con, source = open_for_reading(data_dir)
         try:
-            cur = con.execute(sql)
+            cur = con.execute(sql, params)
             columns = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchall() if cur.description else []
             return columns, rows, source

@@ -56,6 +56,7 @@ SQL_KNOWN_HASHES = """
 """
 SQL_FEED_STATE = "SELECT feed_url, etag, last_modified, body_hash FROM feeds WHERE feed_url IN (SELECT unnest(?::VARCHAR[]))"
 SQL_FEED_ROW = "SELECT * FROM feeds WHERE feed_url = ?"
+SQL_FEED_ROWS = "SELECT * FROM feeds WHERE feed_url IN (SELECT unnest(?::VARCHAR[]))"
 SQL_UPSERT_FEED = """
     INSERT INTO feeds BY NAME SELECT * FROM incoming
     ON CONFLICT (feed_url) DO UPDATE SET
@@ -65,8 +66,17 @@ SQL_UPSERT_FEED = """
         last_status = excluded.last_status, last_fetched_at = excluded.last_fetched_at,
         last_success_at = excluded.last_success_at, last_error_class = excluded.last_error_class,
         last_error = excluded.last_error, consecutive_failures = excluded.consecutive_failures,
-        entries_seen = excluded.entries_seen
+        entries_seen = excluded.entries_seen,
+        state = excluded.state, state_changed_at = excluded.state_changed_at,
+        next_due_at = excluded.next_due_at, poll_interval_s = excluded.poll_interval_s,
+        hint_interval_s = excluded.hint_interval_s, fetch_url = excluded.fetch_url,
+        first_failure_at = excluded.first_failure_at, last_new_entry_at = excluded.last_new_entry_at,
+        new_per_day = excluded.new_per_day
 """
+SQL_FEED_HEALTH_ORDER = (
+    "\nORDER BY (state <> 'active') DESC, failures DESC, next_due_at NULLS FIRST, feed_url"
+)
+SQL_INSERT_FEED_EVENTS = "INSERT INTO feed_events BY NAME SELECT * FROM incoming"
 SQL_INSERT_BATCH = "INSERT INTO load_batches VALUES (?, ?, ?, ?, false)"
 SQL_MARK_EXPORTED = "UPDATE load_batches SET exported = true WHERE load_batch = ?"
 SQL_UNEXPORTED = "SELECT load_batch, tables FROM load_batches WHERE NOT exported ORDER BY committed_at"
@@ -254,15 +264,40 @@ class Warehouse:
                 part, self.parquet_dir / table / f"ingest_date={day}" / f"{load_batch}.parquet"
             )
 
-    def upsert_feeds(self, rows: Sequence[Mapping]) -> None:
-        if not rows:
+    def feed_rows(self, urls: Sequence[str]) -> dict[str, dict]:
+        """The stored rows of these feeds (state, validators, schedule), by feed_url."""
+        if not urls:
+            return {}
+        cur = self.con.execute(SQL_FEED_ROWS, [list(urls)])
+        names = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
+
+    def feed_health(self, urls: Sequence[str] | None = None) -> list[dict]:
+        """``queries/feed_status.sql`` for these feeds (all when None), failing ones first."""
+        sql = files("warehouse").joinpath("queries", "feed_status.sql").read_text()
+        cur = self.con.execute(sql + SQL_FEED_HEALTH_ORDER, {"feeds": list(urls) if urls is not None else None})
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def upsert_feeds(self, rows: Sequence[Mapping], events: Sequence[Mapping] = ()) -> None:
+        """Feeds' new state and the events that led there, in one transaction."""
+        if not rows and not events:
             return
-        data = self.to_arrow("feeds", rows)
-        self.con.register("incoming", data)
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute(SQL_UPSERT_FEED)
-        finally:
-            self.con.unregister("incoming")
+            for sql, table, data in ((SQL_UPSERT_FEED, "feeds", rows), (SQL_INSERT_FEED_EVENTS, "feed_events", events)):
+                if not data:
+                    continue
+                con.register("incoming", self.to_arrow(table, data))
+                try:
+                    con.execute(sql)
+                finally:
+                    con.unregister("incoming")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def record_run(self, row: Mapping) -> None:
         self.con.register("incoming", self.to_arrow("runs", [row]))

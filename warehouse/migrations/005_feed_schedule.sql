@@ -19,6 +19,13 @@ ALTER TABLE feeds ADD COLUMN first_failure_at TIMESTAMPTZ; -- start of the curre
 ALTER TABLE feeds ADD COLUMN last_new_entry_at TIMESTAMPTZ;
 ALTER TABLE feeds ADD COLUMN new_per_day DOUBLE;           -- smoothed rate of new entries
 
+-- The run summary counts the schedule (feeds listed, due, and in each state after the run).
+ALTER TABLE runs ADD COLUMN feeds_listed INTEGER;
+ALTER TABLE runs ADD COLUMN feeds_due INTEGER;
+ALTER TABLE runs ADD COLUMN feeds_backed_off INTEGER;
+ALTER TABLE runs ADD COLUMN feeds_dead INTEGER;
+ALTER TABLE runs ADD COLUMN feeds_retired INTEGER;
+
 CREATE TABLE feed_events (
     event_id VARCHAR     PRIMARY KEY,
     feed_url VARCHAR     NOT NULL,
