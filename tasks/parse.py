@@ -17,9 +17,16 @@ from urllib.parse import urljoin
 
 import feedparser
 from feedparser.datetimes import _parse_date
+from feedparser.mixin import _FeedParserMixin
 
 from tasks.fetch import FetchResult
 from tasks.schedule import feed_hint_seconds
+
+# An entry's GUID is its identity, never a link to resolve: feedparser would turn an RSS
+# <guid>12345</guid> (isPermaLink defaults to true) into "<feed URL's base>/12345", so the same entry
+# would get another key once its feed moves (301/308, http -> https). Links and content are still
+# resolved against the document's URL.
+_FeedParserMixin.can_be_relative_uri = frozenset(_FeedParserMixin.can_be_relative_uri - {"id"})
 
 # Hostile XML: feedparser expands flat ("quadratic") entity declarations itself after expat
 # refuses them, and DTDs are never needed by a feed. Everything between <!DOCTYPE and the root

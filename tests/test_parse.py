@@ -384,13 +384,8 @@ def test_json_feed_with_bom():
     assert parsed.entries[0].link == "https://bom.example/a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: feedparser resolves a permalink <guid> (isPermaLink defaults to true) against the "
-    "feed URL; tasks/parse.py stores that, so a non-URL GUID like '12345' changes with the URL the "
-    "feed was fetched from (entry identity unstable across redirects/http->https)",
-)
 def test_guid_does_not_depend_on_the_feed_url():
+    """A moved feed (301/308, http -> https) keeps its entries' identities."""
     body = (
         b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><title>a</title>'
         b"<link>https://g.example/a</link><guid>12345</guid></item></channel></rss>"
