@@ -348,7 +348,12 @@ def next_schedule(
     if obs.moved_to and obs.moved_to != (previous.fetch_url or feed_url):
         fetch_url = None if obs.moved_to == feed_url else obs.moved_to
         events.append(
-            FeedEvent(feed_url, now, "moved", f"{previous.fetch_url or feed_url} -> {obs.moved_to} (HTTP {obs.status})")
+            FeedEvent(
+                feed_url,
+                now,
+                "moved",
+                f"{previous.fetch_url or feed_url} -> {obs.moved_to} (HTTP {obs.status})",
+            )
         )
 
     if obs.status == 410:
@@ -380,9 +385,15 @@ def next_schedule(
         )
         interval = healthy_interval(rate, hint, policy, override, overflowed, previous.poll_interval_s)
         if previous.state == DEAD:
-            events.append(FeedEvent(feed_url, now, "revived", f"answered after {previous.consecutive_failures} failures"))
+            events.append(
+                FeedEvent(
+                    feed_url, now, "revived", f"answered after {previous.consecutive_failures} failures"
+                )
+            )
         elif previous.state == BACKOFF:
-            events.append(FeedEvent(feed_url, now, "recovered", f"after {previous.consecutive_failures} failures"))
+            events.append(
+                FeedEvent(feed_url, now, "recovered", f"after {previous.consecutive_failures} failures")
+            )
         state_changed = previous.state != ACTIVE
         return ScheduleUpdate(
             FeedSchedule(
@@ -412,7 +423,14 @@ def next_schedule(
     )
     if dead:
         if previous.state != DEAD:
-            events.append(FeedEvent(feed_url, now, "dead", f"{failures} failures since {first_failure:%Y-%m-%d %H:%M}Z; last {reason}"))
+            events.append(
+                FeedEvent(
+                    feed_url,
+                    now,
+                    "dead",
+                    f"{failures} failures since {first_failure:%Y-%m-%d %H:%M}Z; last {reason}",
+                )
+            )
         state, delay = DEAD, _jittered(policy.dead_probe_interval.total_seconds(), rng, INTERVAL_JITTER)
     else:
         if previous.state == ACTIVE:

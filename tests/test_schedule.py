@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 
 import duckdb
 import pytest
+from conftest import latest_artifact, subprocess_env
 
 from newsflow.loopback import Route
 from tasks.feeds import FeedSpec, due_feeds, load_feed_list
@@ -33,7 +34,6 @@ from tasks.schedule import (
     parse_duration,
     rate_from_dates,
 )
-from tests.conftest import subprocess_env
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 POLICY = SchedulePolicy()
@@ -42,7 +42,9 @@ RSS = "application/rss+xml"
 
 
 def ok(at: datetime, **kw) -> PollObservation:
-    return PollObservation(at=at, ok=True, changed=kw.pop("changed", True), status=kw.pop("status", 200), **kw)
+    return PollObservation(
+        at=at, ok=True, changed=kw.pop("changed", True), status=kw.pop("status", 200), **kw
+    )
 
 
 def failed(at: datetime, error_class: str = "http_5xx", status: int | None = 500) -> PollObservation:
@@ -58,18 +60,28 @@ def hourly(at: datetime, n: int = 10) -> tuple[datetime, ...]:
 
 def test_interval_follows_the_publishing_rate_within_bounds():
     rng = random.Random(1)
-    busy = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=10, entries_in_feed=10, entry_dates=hourly(T0)), POLICY, rng=rng)
+    busy = next_schedule(
+        URL,
+        FeedSchedule(),
+        ok(T0, new_entries=10, entries_in_feed=10, entry_dates=hourly(T0)),
+        POLICY,
+        rng=rng,
+    )
     assert busy.schedule.state == ACTIVE and busy.schedule.poll_interval_s == 3600  # 24 a day
     assert abs(busy.schedule.new_per_day - 24) < 1e-9
     # +-5% jitter around the interval
     assert timedelta(seconds=3420) <= busy.schedule.next_due_at - T0 <= timedelta(seconds=3780)
 
     weekly = tuple(T0 - timedelta(days=7 * i) for i in range(4))
-    quiet = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=4, entries_in_feed=4, entry_dates=weekly), POLICY, rng=rng)
+    quiet = next_schedule(
+        URL, FeedSchedule(), ok(T0, new_entries=4, entries_in_feed=4, entry_dates=weekly), POLICY, rng=rng
+    )
     assert quiet.schedule.poll_interval_s == 86400  # once a week: the 24 h ceiling
 
     minutely = tuple(T0 - timedelta(minutes=i) for i in range(60))
-    flood = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=60, entries_in_feed=60, entry_dates=minutely), POLICY, rng=rng)
+    flood = next_schedule(
+        URL, FeedSchedule(), ok(T0, new_entries=60, entries_in_feed=60, entry_dates=minutely), POLICY, rng=rng
+    )
     assert flood.schedule.poll_interval_s == 300  # the 5-minute floor
 
     unknown = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=1, entries_in_feed=1), POLICY, rng=rng)
@@ -78,7 +90,13 @@ def test_interval_follows_the_publishing_rate_within_bounds():
 
 def test_silence_lengthens_the_interval_and_feed_hints_are_a_floor():
     rng = random.Random(2)
-    s = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=10, entries_in_feed=10, entry_dates=hourly(T0)), POLICY, rng=rng).schedule
+    s = next_schedule(
+        URL,
+        FeedSchedule(),
+        ok(T0, new_entries=10, entries_in_feed=10, entry_dates=hourly(T0)),
+        POLICY,
+        rng=rng,
+    ).schedule
     intervals = [s.poll_interval_s]
     at = T0
     for _ in range(200):  # nothing new for weeks: 304 after 304
@@ -114,7 +132,9 @@ def test_per_feed_overrides():
 
 def test_every_entry_new_means_we_may_have_missed_some():
     rng = random.Random(4)
-    first = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=5, entries_in_feed=5), POLICY, rng=rng).schedule
+    first = next_schedule(
+        URL, FeedSchedule(), ok(T0, new_entries=5, entries_in_feed=5), POLICY, rng=rng
+    ).schedule
     assert first.poll_interval_s == 3600
     at = T0 + timedelta(hours=1)
     # 20 entries in the document, all 20 new since the last poll: come back sooner
@@ -151,7 +171,9 @@ def test_failures_back_off_then_the_feed_dies_and_is_revived():
     u = next_schedule(URL, s, failed(s.next_due_at), policy, rng=rng)
     assert u.schedule.state == DEAD and u.events == ()
     # answers again: revived, streak forgotten, normal interval
-    u = next_schedule(URL, u.schedule, ok(u.schedule.next_due_at, new_entries=1, entries_in_feed=5), policy, rng=rng)
+    u = next_schedule(
+        URL, u.schedule, ok(u.schedule.next_due_at, new_entries=1, entries_in_feed=5), policy, rng=rng
+    )
     assert u.schedule.state == ACTIVE and [e.event for e in u.events] == ["revived"]
     assert u.schedule.consecutive_failures == 0 and u.schedule.first_failure_at is None
 
@@ -191,12 +213,21 @@ def test_hints_from_documents_and_headers():
 
 
 def test_durations_and_overrides_in_feeds_toml(tmp_path):
-    assert [parse_duration(v) for v in (900, "90s", "15m", "2h", "1d", "1.5h")] == [900, 90, 900, 7200, 86400, 5400]
+    assert [parse_duration(v) for v in (900, "90s", "15m", "2h", "1d", "1.5h")] == [
+        900,
+        90,
+        900,
+        7200,
+        86400,
+        5400,
+    ]
     for bad in ("soon", -5, 0, True):
         with pytest.raises(ValueError):
             parse_duration(bad)
     path = tmp_path / "feeds.toml"
-    path.write_text('[[feeds]]\nurl = "http://a/"\ninterval = "30m"\n\n[[feeds]]\nurl = "http://b/"\nmax_interval = "2h"\n')
+    path.write_text(
+        '[[feeds]]\nurl = "http://a/"\ninterval = "30m"\n\n[[feeds]]\nurl = "http://b/"\nmax_interval = "2h"\n'
+    )
     a, b = load_feed_list(path)
     assert a.override == FeedOverride(interval_s=1800) and b.override == FeedOverride(max_interval_s=7200)
     path.write_text('[[feeds]]\nurl = "http://a/"\ninterval = "often"\n')
@@ -205,7 +236,9 @@ def test_durations_and_overrides_in_feeds_toml(tmp_path):
 
 
 def test_due_feeds_choose_new_and_due_never_retired():
-    specs = [FeedSpec(u) for u in ("http://new/", "http://due/", "http://later/", "http://gone/", "http://dead/")]
+    specs = [
+        FeedSpec(u) for u in ("http://new/", "http://due/", "http://later/", "http://gone/", "http://dead/")
+    ]
     stored = {
         "http://due/": {"state": ACTIVE, "next_due_at": T0 - timedelta(seconds=1)},
         "http://later/": {"state": ACTIVE, "next_due_at": T0 + timedelta(minutes=5)},
@@ -224,7 +257,7 @@ def test_due_feeds_choose_new_and_due_never_retired():
 def dated_rss(title: str, n: int, spacing: timedelta, newest: datetime, extra: str = "") -> bytes:
     """A feed of ``n`` entries without links (nothing to fetch), ``spacing`` apart."""
     items = "".join(
-        f"<item><title>{escape(title)} {i}</title><guid isPermaLink=\"false\">{escape(title)}-{i}</guid>"
+        f'<item><title>{escape(title)} {i}</title><guid isPermaLink="false">{escape(title)}-{i}</guid>'
         f"<pubDate>{format_datetime(newest - spacing * i, usegmt=True)}</pubDate></item>"
         for i in range(n)
     )
@@ -295,6 +328,10 @@ def test_poll_fetches_only_due_feeds_backs_off_moves_retires_and_revives(
     moved = _feed(data, urls["old"])
     assert moved["fetch_url"] == b.url("/new.xml") and moved["state"] == ACTIVE
     assert _feed(data, urls["gone"])["state"] == RETIRED
+    # the run's health artifact: one row per listed feed, failing ones first
+    health = json.loads(latest_artifact("feed-health").data)
+    assert len(health) == 6 and {r["state"] for r in health[:2]} == {BACKOFF, RETIRED}
+    assert {r["feed_url"]: r["poll_interval_s"] for r in health}[urls["busy"]] == 3600
     events = _rows(data, "SELECT feed_url, event FROM feed_events ORDER BY event")
     assert sorted(events) == sorted(
         [(urls["failing"], "backoff"), (urls["old"], "moved"), (urls["gone"], "retired")]
@@ -310,7 +347,11 @@ def test_poll_fetches_only_due_feeds_backs_off_moves_retires_and_revives(
     assert again["feeds_due"] == 1 and b.hits["/failing.xml"] == 2 and _total_hits(a, b) == before + 1
     failing = _feed(data, urls["failing"])
     assert failing["consecutive_failures"] == 2
-    assert timedelta(minutes=15) <= failing["next_due_at"] - (T0 + timedelta(minutes=11)) <= timedelta(minutes=20)
+    assert (
+        timedelta(minutes=15)
+        <= failing["next_due_at"] - (T0 + timedelta(minutes=11))
+        <= timedelta(minutes=20)
+    )
 
     # T0 + 70 min: busy and moved are due (and failing); the moved feed is fetched where it lives now,
     # busy answers 304: no fetch_log row, no parsing, only its state
@@ -332,7 +373,9 @@ def test_poll_fetches_only_due_feeds_backs_off_moves_retires_and_revives(
     back = _feed(data, urls["failing"])
     assert back["state"] == ACTIVE and back["consecutive_failures"] == 0
     assert ("revived",) in _rows(data, "SELECT event FROM feed_events WHERE feed_url = ?", [urls["failing"]])
-    runs = _rows(data, "SELECT feeds_listed, feeds_due, feeds_dead, feeds_retired FROM runs ORDER BY started_at")
+    runs = _rows(
+        data, "SELECT feeds_listed, feeds_due, feeds_dead, feeds_retired FROM runs ORDER BY started_at"
+    )
     assert runs[0] == (6, 6, 0, 1) and runs[1][1] == 0
 
 
@@ -344,7 +387,9 @@ def test_feeds_on_one_host_share_its_budget(prefect_api, newsflow_env, monkeypat
     urls = []
     for i in range(30):
         for site in (host, other):
-            site.routes[f"/f{i}.xml"] = Route(body=dated_rss(f"f{i}", 2, timedelta(hours=1), T0), content_type=RSS)
+            site.routes[f"/f{i}.xml"] = Route(
+                body=dated_rss(f"f{i}", 2, timedelta(hours=1), T0), content_type=RSS
+            )
             urls.append(site.url(f"/f{i}.xml"))
     feeds_file = tmp_path / "feeds.toml"
     feeds_file.write_text("".join(f'[[feeds]]\nurl = "{u}"\n\n' for u in urls))
@@ -369,7 +414,10 @@ def test_feeds_status_and_revive_commands(prefect_api, newsflow_env, tmp_path, s
     site.routes["/down.xml"] = Route(body=b"", status=503)
     feeds_file = tmp_path / "feeds.toml"
     feeds_file.write_text(
-        "".join(f'[[feeds]]\nurl = "{site.url(p)}"\nname = "{p}"\n\n' for p in ("/ok.xml", "/gone.xml", "/down.xml"))
+        "".join(
+            f'[[feeds]]\nurl = "{site.url(p)}"\nname = "{p}"\n\n'
+            for p in ("/ok.xml", "/gone.xml", "/down.xml")
+        )
     )
     poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0)
     env = subprocess_env(prefect_api, newsflow_env)
@@ -383,7 +431,9 @@ def test_feeds_status_and_revive_commands(prefect_api, newsflow_env, tmp_path, s
     done = feeds("status", "--format", "json")
     assert done.returncode == 0, done.stderr
     rows = {r["feed_url"]: r for r in json.loads(done.stdout)}
-    assert rows[site.url("/ok.xml")]["state"] == "active" and rows[site.url("/ok.xml")]["mean_new_per_day"] == 10
+    assert (
+        rows[site.url("/ok.xml")]["state"] == "active" and rows[site.url("/ok.xml")]["mean_new_per_day"] == 10
+    )
     assert rows[site.url("/gone.xml")]["state"] == "retired"
     down = rows[site.url("/down.xml")]
     assert down["state"] == "backoff" and down["failures"] == 1 and down["last_error_class"] == "http_5xx"
