@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from flows.pipeline import process_pages
+from flows.pipeline import process_pages, seeded_politeness
 from flows.poll import BUSY_STATE
 from flows.reextract import reextract_articles
 from newsflow.settings import build_settings
@@ -111,7 +111,7 @@ def _run(
         return {**result, "notes": [], "failures": []}
 
     jobs, entry_plan, notes, fetches = _collect(
-        settings, session, urls_file, sitemap, feed, pages, since, until, summary
+        settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
     report = _progress_reporter(logger)
@@ -138,9 +138,10 @@ def _run(
     return {**result, "notes": notes, "failures": summary.failures}
 
 
-def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, summary):
+def _collect(settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary):
     """The pages to fetch (and, for a feed, the entry plan), notes for the report, and the
-    fetches made to find them (sitemaps, feed pages) for fetch_log."""
+    fetches made to find them (sitemaps, feed pages) for fetch_log. Those fetches share the run's
+    politeness state with the page batches (spacing per host, postponed hosts)."""
     notes: list[str] = []
     if urls_file:
         urls, rejected = sources.read_url_list(Path(urls_file))
@@ -149,7 +150,8 @@ def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, s
             notes.append(f"{len(rejected)} lines refused (not http/https): {rejected[:5]}")
         return _jobs_for_urls(urls), None, notes, []
     if sitemap:
-        walk = sources.walk_sitemaps(sitemap, settings, since, until)
+        politeness = seeded_politeness(ctx, settings, session)
+        walk = sources.walk_sitemaps(sitemap, settings, since, until, politeness)
         notes.append(
             f"{len(walk.urls)} URLs from {walk.sitemaps_fetched} sitemap(s); {walk.out_of_window} outside "
             f"{since or '…'} – {until or '…'}"
@@ -157,7 +159,7 @@ def _collect(settings, session, urls_file, sitemap, feed, pages, since, until, s
         for url, error_class, message in walk.failures:
             summary.add_failure("sitemap", url, error_class, message)
         return _jobs_for_urls([u.loc for u in walk.urls]), None, notes, walk.fetches
-    walk = sources.walk_feed_archive(feed, pages, settings)
+    walk = sources.walk_feed_archive(feed, pages, settings, seeded_politeness(ctx, settings, session))
     notes.append(f"{len(walk.entries)} entries from {walk.pages_fetched} page(s) of {feed} ({walk.how})")
     for url, error_class, message in walk.failures:
         summary.add_failure("feed", url, error_class, message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from datetime import timedelta
 
 from newsflow.settings import Settings
 from tasks import prefect_tasks as t
@@ -45,10 +46,9 @@ def process_pages(
     batches = [list(b) for b in chunks(list(jobs), settings.batch_size)]
     total = len(jobs)
     done = 0
-    # Hosts that asked us (429/503 + Retry-After) to come back later, in an earlier run or this one.
-    politeness = robots.run_state(ctx.run_id)
-    with session() as wh:
-        hosts.seed_state(politeness, wh.con)
+    # Hosts that asked us (429/503 + Retry-After) to come back later and robots.txt answers, from
+    # earlier runs and this one.
+    politeness = seeded_politeness(ctx, settings, session)
 
     def prepare(batch: list[PageJob]) -> list[PageJob]:
         if not skip_known:
@@ -81,6 +81,7 @@ def process_pages(
             progress(done, total)
 
     if not batches:
+        save_politeness(politeness, session)
         return
     first = prepare(batches[0])
     next_fetch = (t.fetch_pages.submit(first, settings), first, len(batches[0]))
@@ -104,6 +105,22 @@ def process_pages(
             finish(pending)
         pending = current
     finish(pending)
-    if politeness.postponed:
+    save_politeness(politeness, session)
+
+
+def seeded_politeness(ctx: RunContext, settings: Settings, session: Session) -> robots.PolitenessState:
+    """The run's politeness state (shared by every fetch of the run), seeded once from the
+    warehouse: hosts still postponed, robots.txt answers younger than ``robots_cache_hours``.
+    Call it before the run's first fetch, and pass the state to every fetch."""
+    politeness = robots.run_state(ctx.run_id)
+    if not politeness.seeded:
         with session() as wh:
-            hosts.save_postponed(wh.con, politeness.postponed)
+            hosts.seed_state(politeness, wh.con, robots_max_age=timedelta(hours=settings.robots_cache_hours))
+    return politeness
+
+
+def save_politeness(politeness: robots.PolitenessState, session: Session) -> None:
+    """Store what the run learnt about hosts (postponements, robots.txt answers) for later runs."""
+    if politeness.postponed or politeness.rules_to_save():
+        with session() as wh:
+            hosts.save_state(wh.con, politeness)

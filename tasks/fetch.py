@@ -13,11 +13,13 @@ What it guarantees, per request:
   429/502/503/504, Retry-After honoured up to a cap);
 - politeness: at most ``host_concurrency`` requests in flight per host and at least
   ``host_min_delay`` seconds between the starts of two requests to one host (longer when the
-  host's robots.txt asks for a Crawl-delay, up to ``max_crawl_delay``);
+  host's robots.txt asks for a Crawl-delay, up to ``max_crawl_delay``); with a run's
+  :class:`~tasks.robots.PolitenessState`, the spacing holds across every call of that run;
 - robots.txt (RFC 9309, :mod:`tasks.robots`) for requests marked ``check_robots`` (article pages):
-  fetched once per host per run, a disallowed URL is not requested;
-- a 429/503 whose Retry-After exceeds ``retry_after_cap`` postpones the host for the rest of the
-  run: no further request is sent to it.
+  fetched once per host per run (or taken from the cache of earlier runs the flows seed the
+  state with), a disallowed URL is not requested;
+- a 429/503 whose Retry-After exceeds ``retry_after_cap`` postpones the host: no further request
+  is sent to it this run, and the flows keep the postponement for the next runs.
 
 Failures never raise out of :func:`fetch_all`: each comes back as a :class:`FetchResult` with an
 ``error_class`` (see :data:`ERROR_CLASSES`) and a message, ready for ``fetch_log``.
@@ -33,7 +35,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
@@ -328,52 +330,36 @@ class BoundedDecoder:
 # --------------------------------------------------------------------------- politeness
 
 
-@dataclass
-class _HostSlot:
-    semaphore: asyncio.Semaphore
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    next_start: float = 0.0
-    min_delay: float | None = None  # this host's own spacing (Crawl-delay), if longer
-
-
 class HostLimiter:
-    """Per-host concurrency and minimum spacing between request starts, for one run."""
+    """Per-host concurrency within one :func:`fetch_all` call, and spacing of request starts
+    across the whole run.
 
-    def __init__(self, concurrency: int, min_delay: float):
+    The spacing (``min_delay``, or the host's Crawl-delay when longer) is booked in the run's
+    :class:`PolitenessState`, so it holds between any two requests of a run to one host, whichever
+    call (feeds, sitemaps, page batches) they come from. The concurrency cap is this call's own:
+    the calls of one run do not overlap today (each stage waits for the previous fetch to end).
+    """
+
+    def __init__(self, concurrency: int, min_delay: float, state: PolitenessState):
         self.concurrency = concurrency
         self.min_delay = min_delay
-        self._slots: dict[str, _HostSlot] = {}
+        self.state = state
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
 
-    def _slot(self, host: str) -> _HostSlot:
-        slot = self._slots.get(host)
-        if slot is None:
-            slot = self._slots[host] = _HostSlot(asyncio.Semaphore(self.concurrency))
-        return slot
-
-    async def __call__(self, host: str):
-        slot = self._slot(host)
-        await slot.semaphore.acquire()
+    async def __call__(self, host: str) -> asyncio.Semaphore:
+        """Wait for a free slot and for the host's next start time; the caller releases the slot."""
+        semaphore = self._semaphores.get(host)
+        if semaphore is None:
+            semaphore = self._semaphores[host] = asyncio.Semaphore(self.concurrency)
+        await semaphore.acquire()
         try:
-            async with slot.lock:
-                wait = slot.next_start - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                delay = self.min_delay if slot.min_delay is None else max(self.min_delay, slot.min_delay)
-                slot.next_start = time.monotonic() + delay
+            wait = self.state.reserve_start(host, self.min_delay)
+            if wait > 0:
+                await asyncio.sleep(wait)
         except BaseException:
-            slot.semaphore.release()
+            semaphore.release()
             raise
-        return slot.semaphore
-
-    def set_min_delay(self, host: str, delay: float) -> None:
-        """Space this host's request starts by ``delay`` seconds (if more than the default)."""
-        slot = self._slot(host)
-        if slot.min_delay is not None:
-            return
-        slot.min_delay = delay
-        # The request that just started was spaced by the default: extend its spacing too.
-        if delay > self.min_delay and slot.next_start:
-            slot.next_start += delay - self.min_delay
+        return semaphore
 
 
 # --------------------------------------------------------------------------- one request
@@ -457,10 +443,11 @@ def _failed(request: FetchRequest, error: FetchError, fetched_at: datetime, elap
 
 
 class Fetcher:
-    """One run's client: connection pool, host limiter and global concurrency.
+    """One call's client: connection pool, host limiter and global concurrency.
 
-    ``state`` holds what the run knows about hosts (robots rules, postponed hosts); pass the same
-    one to every fetcher of a run so that robots.txt is fetched once per host per run.
+    ``state`` holds what the run knows about hosts (robots rules, postponed hosts, when each host
+    may next be asked); pass the same one to every fetcher of a run so that robots.txt is fetched
+    once per host per run and the spacing of requests to a host holds across calls.
     """
 
     def __init__(self, settings: Settings, state: PolitenessState | None = None):
@@ -468,8 +455,7 @@ class Fetcher:
         self.state = state if state is not None else PolitenessState()
         self.agent = product_token(settings.user_agent)
         self._robots_loading: dict[str, asyncio.Future[RobotsRules]] = {}
-        self._crawl_delay_set: set[str] = set()
-        self.limiter = HostLimiter(settings.host_concurrency, settings.host_min_delay)
+        self.limiter = HostLimiter(settings.host_concurrency, settings.host_min_delay, self.state)
         self.global_slots = asyncio.Semaphore(settings.global_concurrency)
         self.client = httpx.AsyncClient(
             transport=GuardedTransport(settings),
@@ -604,12 +590,11 @@ class Fetcher:
 
     def _apply_crawl_delay(self, url: httpx.URL, rules: RobotsRules) -> None:
         host = _host_key(url)
-        if host in self._crawl_delay_set:
+        if self.state.crawl_delay_known(host):
             return
-        self._crawl_delay_set.add(host)
         delay = rules.crawl_delay(self.agent)
-        if delay is not None and delay > self.settings.host_min_delay:
-            self.limiter.set_min_delay(host, min(delay, self.settings.max_crawl_delay))
+        capped = None if delay is None else min(delay, self.settings.max_crawl_delay)
+        self.state.set_crawl_delay(host, capped, self.settings.host_min_delay)
 
     def _refused(self, request: FetchRequest, error: FetchError) -> FetchResult:
         """A request newsflow decided not to send."""
@@ -629,6 +614,13 @@ class Fetcher:
             return await self._fetch(request)  # recorded with its class by the usual path
         try:
             self._check_postponed(url)
+            if not request.check_robots and self.settings.respect_robots:
+                # Not checked against robots.txt (feeds, sitemaps: the user chose them), but a
+                # Crawl-delay the run already knows (a page of that host, the cache) spaces them too.
+                key = robots_key(request.url)
+                known = self.state.get_rules(key) if key is not None else None
+                if known is not None:
+                    self._apply_crawl_delay(url, known)
             if request.check_robots and self.settings.respect_robots:
                 rules = await self.robots_rules(request.url)
                 if rules is not None:

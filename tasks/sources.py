@@ -18,6 +18,7 @@ from lxml import etree
 from newsflow.settings import Settings
 from tasks.fetch import ACCEPT_FEED, FetchRequest, FetchResult, fetch_all
 from tasks.parse import FeedEntry, FeedParseError, parse_feed, parse_iso_datetime
+from tasks.robots import PolitenessState
 
 SITEMAP_NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
 NEWS_NS = "http://www.google.com/schemas/sitemap-news/0.9"
@@ -177,9 +178,14 @@ class SitemapWalk:
 
 
 def walk_sitemaps(
-    root_url: str, settings: Settings, since: date | None = None, until: date | None = None
+    root_url: str,
+    settings: Settings,
+    since: date | None = None,
+    until: date | None = None,
+    state: PolitenessState | None = None,
 ) -> SitemapWalk:
-    """Breadth-first through a sitemap index and its children; URLs within [since, until]."""
+    """Breadth-first through a sitemap index and its children; URLs within [since, until].
+    ``state``: the run's politeness state (spacing, postponed hosts), shared with its page fetches."""
     walk = SitemapWalk()
     queue = [root_url]
     visited: set[str] = set()
@@ -189,7 +195,7 @@ def walk_sitemaps(
         visited.update(level)
         queue = []
         requests = [FetchRequest(u, settings.max_feed_bytes, accept=ACCEPT_SITEMAP) for u in level]
-        for result in fetch_all(requests, settings):
+        for result in fetch_all(requests, settings, state):
             walk.sitemaps_fetched += 1
             if not result.ok:
                 walk.failures.append((result.url, result.error_class or "http", result.error_message or ""))
@@ -254,7 +260,9 @@ def wordpress_page_url(feed_url: str, page: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
-def walk_feed_archive(feed_url: str, pages: int, settings: Settings) -> FeedArchiveWalk:
+def walk_feed_archive(
+    feed_url: str, pages: int, settings: Settings, state: PolitenessState | None = None
+) -> FeedArchiveWalk:
     """Up to ``pages`` pages of a feed: RFC 5005 links when the feed declares them, else
     WordPress-style ``?paged=N``. Stops at the first page that fails or brings nothing new."""
     walk = FeedArchiveWalk(how="single page")
@@ -262,7 +270,9 @@ def walk_feed_archive(feed_url: str, pages: int, settings: Settings) -> FeedArch
     url: str | None = feed_url
     page = 1
     while url and page <= pages:
-        (result,) = fetch_all([FetchRequest(url, settings.max_feed_bytes, accept=ACCEPT_FEED)], settings)
+        (result,) = fetch_all(
+            [FetchRequest(url, settings.max_feed_bytes, accept=ACCEPT_FEED)], settings, state
+        )
         walk.pages_fetched += 1
         walk.fetches.append(_record(result))
         if not result.ok:

@@ -282,6 +282,7 @@ def test_poll_records_disallowed_pages_and_retries_unavailable_ones(
     assert links[3] not in entries  # transient: tried again next run
     assert entries[links[0]] == entries[links[1]] == "fetched"
 
+    unavailable_asked = other.hits["/robots.txt"]  # (with its retries)
     other.routes["/robots.txt"] = robots_route("", status=404)  # the host is back, without rules
     # (An unchanged feed is not parsed again: its transient failures are retried once it changes.)
     extra = make_story(9)
@@ -293,7 +294,8 @@ def test_poll_records_disallowed_pages_and_retries_unavailable_ones(
     poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), all_feeds=True)
 
     assert other.hits[f"/news/{stories[3].slug}.html"] == 1
-    assert site.hits["/robots.txt"] == 2  # a new run asks again
+    assert site.hits["/robots.txt"] == 1  # cached for NEWSFLOW_ROBOTS_CACHE_HOURS
+    assert other.hits["/robots.txt"] == unavailable_asked + 1  # unavailable is not cached: asked again
     assert site.hits[f"/secret/{stories[2].slug}.html"] == 0
     assert dict(_query(newsflow_env, "SELECT link, status FROM entries"))[links[3]] == "fetched"
 
