@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from flows.pipeline import process_pages
+from flows.pipeline import process_pages, seeded_politeness
 from newsflow.settings import build_settings
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
@@ -65,6 +65,8 @@ def poll_flow(
             logger.warning("repaired what an interrupted run left behind: %s", repaired)
         specs = t.read_feed_list(settings.feeds_file)
         due = t.select_due_feeds(specs, wh, now, all_feeds)
+        # Before the first request: hosts postponed by earlier runs, robots.txt answers still fresh.
+        seeded_politeness(ctx, settings, lambda: nullcontext(wh))
         feed_results = t.fetch_feeds(due, wh, settings)
         outcomes = t.parse_feeds(feed_results, due, wh)
         plan = t.plan_entries(outcomes, wh, settings)

@@ -44,6 +44,9 @@ TARGET_NEW_PER_POLL = 1.0
 INTERVAL_JITTER = 0.05  # +-5% on healthy intervals, so feeds added together do not stay in lockstep
 BACKOFF_JITTER = 0.25  # backoff delays are drawn from [75%, 100%] of the exponential step
 
+# Fetch outcomes where newsflow sent nothing by its own choice: no failure of the feed.
+NOT_REQUESTED = frozenset({"host_postponed"})
+
 SY_PERIODS = {
     "hourly": 3600,
     "daily": 86400,
@@ -412,6 +415,11 @@ def next_schedule(
             ),
             tuple(events),
         )
+
+    if obs.error_class in NOT_REQUESTED:
+        # We did not ask (the host asked every client for a pause): not the feed's failure. Look
+        # again soon; no request leaves before the host's pause is over.
+        return ScheduleUpdate(replace(previous, next_due_at=now + policy.min_interval, fetch_url=fetch_url))
 
     failures = previous.consecutive_failures + 1
     first_failure = previous.first_failure_at or now

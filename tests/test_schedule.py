@@ -199,6 +199,15 @@ def test_gone_retires_and_permanent_redirects_move():
     assert again.schedule.fetch_url is None and [e.event for e in again.events] == ["moved"]
 
 
+def test_a_feed_not_requested_because_its_host_asked_for_a_pause_is_not_failing():
+    rng = random.Random(9)
+    s = next_schedule(URL, FeedSchedule(), ok(T0, new_entries=3, entries_in_feed=3), POLICY, rng=rng).schedule
+    at = s.next_due_at
+    u = next_schedule(URL, s, failed(at, "host_postponed", None), POLICY, rng=rng)
+    assert u.events == () and u.schedule.state == ACTIVE and u.schedule.consecutive_failures == 0
+    assert u.schedule.next_due_at == at + POLICY.min_interval
+
+
 def test_hints_from_documents_and_headers():
     assert feed_hint_seconds("60", None, None) == 3600
     assert feed_hint_seconds(None, "hourly", "2") == 1800
@@ -452,3 +461,25 @@ def test_feeds_status_and_revive_commands(prefect_api, newsflow_env, tmp_path, s
     site.routes["/gone.xml"] = Route(body=dated_rss("again", 2, timedelta(hours=1), T0), content_type=RSS)
     poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0 + timedelta(minutes=1))
     assert site.hits["/gone.xml"] == 2 and _feed(newsflow_env, site.url("/gone.xml"))["state"] == ACTIVE
+
+
+def test_a_feed_on_a_host_postponed_by_an_earlier_run_is_not_requested(
+    prefect_api, newsflow_env, monkeypatch, tmp_path, site_factory
+):
+    from flows.poll import poll_flow
+
+    monkeypatch.setenv("NEWSFLOW_RETRIES", "0")
+    site = site_factory("127.0.0.7")
+    site.routes["/f.xml"] = Route(body=b"slow down", status=429, headers={"Retry-After": "3600"})
+    feeds_file = tmp_path / "feeds.toml"
+    feeds_file.write_text(f'[[feeds]]\nurl = "{site.url("/f.xml")}"\n')
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0)
+    assert site.hits["/f.xml"] == 1
+    assert _feed(newsflow_env, site.url("/f.xml"))["consecutive_failures"] == 1
+
+    # The next run (a new process would do the same: the pause is in host_state) sends nothing.
+    site.routes["/f.xml"] = Route(body=dated_rss("back", 3, timedelta(hours=1), T0), content_type=RSS)
+    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0 + timedelta(days=1), all_feeds=True)
+    assert site.hits["/f.xml"] == 1
+    feed = _feed(newsflow_env, site.url("/f.xml"))
+    assert feed["last_error_class"] == "host_postponed" and feed["consecutive_failures"] == 1
