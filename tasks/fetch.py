@@ -68,7 +68,8 @@ ERROR_CLASSES = (
     "too_many_redirects",
     "decoding",  # broken gzip/deflate/brotli stream
     "protocol",  # malformed HTTP
-    "http_4xx",
+    "gone",  # 410 Gone: the resource is gone for good (a feed answering it is retired)
+    "http_4xx",  # any other 4xx
     "http_5xx",
     "http_other",
     "robots_disallowed",  # robots.txt disallows the URL for newsflow: not requested (final)
@@ -672,7 +673,9 @@ class Fetcher:
                         error = None
                     else:
                         error = FetchError(
-                            "http_4xx"
+                            "gone"
+                            if status == 410
+                            else "http_4xx"
                             if 400 <= status < 500
                             else "http_5xx"
                             if status >= 500

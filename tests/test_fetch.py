@@ -634,7 +634,7 @@ def test_429_is_transient(site, settings):
     assert r.ok and r.attempts == 2
 
 
-@pytest.mark.parametrize(("status", "error_class"), [(404, "http_4xx"), (410, "http_4xx"), (500, "http_5xx")])
+@pytest.mark.parametrize(("status", "error_class"), [(404, "http_4xx"), (410, "gone"), (500, "http_5xx")])
 def test_permanent_errors_are_not_retried(site, settings, status, error_class):
     site.routes["/gone"] = Route(status=status, body=b"nope")
     r = fetch_one(site.url("/gone"), settings)

@@ -268,7 +268,7 @@ def test_broken_feeds_are_recorded_and_the_run_completes(
     assert classes[news_site.url("/slow.xml")] == "timeout"
     assert classes[news_site.url("/garbage.xml")] in ("not_a_feed", "parse_error")
     assert classes[news_site.url("/page.xml")] == "not_a_feed"
-    assert classes[news_site.url("/gone.xml")] == "http_4xx"
+    assert classes[news_site.url("/gone.xml")] == "http_4xx"  # a 404
     assert classes[news_site.url("/rss.xml")] is None
     state = dict(query(newsflow_env, "SELECT feed_url, consecutive_failures FROM feeds"))
     assert state[news_site.url("/slow.xml")] == 1 and state[news_site.url("/rss.xml")] == 0

@@ -186,7 +186,7 @@ def test_a_feed_failing_long_enough_dies_whatever_the_count():
 
 def test_gone_retires_and_permanent_redirects_move():
     rng = random.Random(8)
-    u = next_schedule(URL, FeedSchedule(), failed(T0, "http_4xx", 410), POLICY, rng=rng)
+    u = next_schedule(URL, FeedSchedule(), failed(T0, "gone", 410), POLICY, rng=rng)
     assert u.schedule.state == RETIRED and u.schedule.next_due_at is None
     assert [e.event for e in u.events] == ["retired"]
 
