@@ -7,13 +7,14 @@ feedparser; JSON Feed 1.x is read here (feedparser does not know it).
 from __future__ import annotations
 
 import calendar
+import codecs
 import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import feedparser
 from feedparser.datetimes import _parse_date
@@ -36,8 +37,28 @@ _ENTITY_DECL = re.compile(rb"<!ENTITY[^>]*>", re.S | re.I)
 _DTD_MARKERS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
 _MAX_DTD_PASSES = 8  # declarations nested to re-form after removal: give up rather than loop
 _XML_DECL_ENCODING = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*)([\"'])([^\"']*)\2", re.I)
+# UTF-16 and UTF-32 documents become UTF-8 before anything looks at their bytes (NUL and DTD
+# removal would otherwise cut their characters apart): known by their BOM, else by how they spell
+# the first "<" (XML 1.0 appendix F). UTF-32-LE's BOM starts like UTF-16-LE's: it comes first.
+_WIDE_ENCODINGS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+    (b"<\x00\x00\x00", "utf-32-le"),
+    (b"\x00\x00\x00<", "utf-32-be"),
+    (b"<\x00", "utf-16-le"),
+    (b"\x00<", "utf-16-be"),
+)
+_CHARSET_PARAM = re.compile(r";\s*charset\s*=[^;]*", re.I)
 _MAX_FIELD_CHARS = 200_000  # one entry field; more is truncated
 _MAX_ENTRIES_PARSED = 100_000
+# A JSON Feed's top-level authors go to every item that names none: kept short, or 50 KB of
+# "{}" items under one long name would come out as gigabytes of author fields.
+MAX_AUTHOR_CHARS = 512
+# JSON's "\ud800" escapes decode to lone surrogates, which no UTF-8 writer (Parquet, DuckDB, the
+# hash of an entry key) accepts: each one becomes U+FFFD, as an undecodable byte does.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,7 @@ def body_hash(body: bytes) -> str:
 def _clip(value: object) -> str | None:
     if value is None:
         return None
-    text = str(value).replace("\x00", "").strip()
+    text = _LONE_SURROGATE.sub("\ufffd", str(value).replace("\x00", "")).strip()
     if not text:
         return None
     return text[:_MAX_FIELD_CHARS]
@@ -136,6 +157,15 @@ def parse_feed(body: bytes, url: str, headers: dict[str, str] | None = None) -> 
     return _parse_xml_feed(body, url, headers)
 
 
+def _wide_as_utf8(body: bytes) -> bytes | None:
+    """A UTF-16/32 document re-encoded as UTF-8, its declaration saying so; None for any other."""
+    for mark, codec in _WIDE_ENCODINGS:
+        if body.startswith(mark):
+            text = body.decode(codec, errors="replace").removeprefix("\ufeff")
+            return _XML_DECL_ENCODING.sub(rb"\1\2utf-8\2", text.encode("utf-8"), count=1)
+    return None
+
+
 def _sanitize_xml(body: bytes) -> bytes:
     body = body.replace(b"\x00", b"")
     # Every DOCTYPE and ENTITY declaration goes, decoys and declarations hidden in comments
@@ -160,10 +190,15 @@ def _sanitize_xml(body: bytes) -> bytes:
 
 
 def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
-    clean = _sanitize_xml(body)
+    utf8 = _wide_as_utf8(body)
+    clean = _sanitize_xml(body if utf8 is None else utf8)
     response_headers = {"content-location": url}
     if "content-type" in headers:
         response_headers["content-type"] = headers["content-type"]
+        if utf8 is not None:  # the BOM named the encoding, and the bytes are UTF-8 now
+            response_headers["content-type"] = (
+                _CHARSET_PARAM.sub("", headers["content-type"]) + "; charset=utf-8"
+            )
     try:
         parsed = feedparser.parse(clean, response_headers=response_headers, sanitize_html=True)
     except Exception as exc:  # feedparser raises on a few hostile inputs; record, never crash
@@ -208,15 +243,8 @@ def _entry_from_feedparser(raw, feed_url: str) -> FeedEntry:
     for enc in raw.get("enclosures", []):
         href = _absolute(enc.get("href"), feed_url)
         if href:
-            length = enc.get("length")
             enclosures.append(
-                Enclosure(
-                    url=href,
-                    type=_clip(enc.get("type")),
-                    length=int(length)
-                    if isinstance(length, str) and length.isascii() and length.isdigit()
-                    else None,
-                )
+                Enclosure(url=href, type=_clip(enc.get("type")), length=_byte_count(enc.get("length")))
             )
     summary = raw.get("summary")
     return FeedEntry(
@@ -236,15 +264,21 @@ def _entry_from_feedparser(raw, feed_url: str) -> FeedEntry:
 
 
 def _absolute(link: object, base: str) -> str | None:
+    """``link`` resolved against ``base``; None unless that is an http(s) URL with a host
+    (``javascript:``, ``mailto:``, ``data:`` and the like are no links to an article)."""
     if not isinstance(link, str):
         return None
-    link = link.strip().replace("\x00", "")
+    link = _LONE_SURROGATE.sub("\ufffd", link.strip().replace("\x00", ""))
     if not link:
         return None
     try:
-        return urljoin(base, link)
+        absolute = urljoin(base, link)
+        parts = urlsplit(absolute)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
     except ValueError:
         return None
+    return absolute
 
 
 def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
@@ -257,7 +291,7 @@ def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
         "https://jsonfeed.org/version/"
     ):
         raise FeedParseError("not_a_feed", "JSON document without a jsonfeed.org version")
-    version = "jsonfeed" + str(doc["version"]).rsplit("/", 1)[-1].replace(".", "")
+    version = "jsonfeed" + re.sub(r"[^0-9A-Za-z]", "", str(doc["version"]).rsplit("/", 1)[-1])[:16]
     items = doc.get("items")
     if not isinstance(items, list):
         raise FeedParseError("parse_error", "JSON Feed without an items list")
@@ -284,7 +318,7 @@ def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
                     Enclosure(
                         url=href,
                         type=_clip(a.get("mime_type")),
-                        length=a.get("size_in_bytes") if isinstance(a.get("size_in_bytes"), int) else None,
+                        length=_byte_count(a.get("size_in_bytes")),
                     )
                     for a in attachments
                     if isinstance(a, dict) and (href := _absolute(a.get("url"), url))
@@ -300,13 +334,23 @@ def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     )
 
 
+def _byte_count(value: object) -> int | None:
+    """An enclosure's size: a count of bytes that fits a BIGINT (or its ASCII digits), else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)  # never a 5,000-digit string: int() refuses those with ValueError
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
 def _json_authors(obj: dict) -> str | None:
     authors = obj.get("authors")
     if not isinstance(authors, list):
         single = obj.get("author")  # JSON Feed 1.0
         authors = [single] if isinstance(single, dict) else []
     names = [a.get("name") for a in authors if isinstance(a, dict) and isinstance(a.get("name"), str)]
-    return _clip(", ".join(names)) if names else None
+    text = _clip(", ".join(names)) if names else None
+    return text[:MAX_AUTHOR_CHARS].rstrip() if text else None
 
 
 # --------------------------------------------------------------------------- one poll's feeds
