@@ -120,25 +120,28 @@ def parse_sitemap(body: bytes, url: str, limit: int) -> ParsedSitemap:
         raise SitemapError(f"not XML: {exc}") from exc
     if root is None:
         raise SitemapError("empty document")
-    tag = etree.QName(root).localname
+    try:
+        tag = etree.QName(root).localname
+    except ValueError as exc:  # recover=True keeps names such as "urlset:" that QName refuses
+        raise SitemapError(f"not a sitemap: {exc}") from exc
     if tag == "sitemapindex":
         children = []
         for node in root.iter(f"{{{SITEMAP_NS}}}sitemap", "sitemap"):
-            loc = _text(node, "loc")
+            loc = _joined(url, _text(node, "loc"))
             if loc:
-                children.append((urljoin(url, loc), parse_iso_datetime(_text(node, "lastmod"))))
+                children.append((loc, parse_iso_datetime(_text(node, "lastmod"))))
         return ParsedSitemap(children=tuple(children))
     if tag != "urlset":
         raise SitemapError(f"not a sitemap: root element <{tag}>")
     urls = []
     for node in root.iter(f"{{{SITEMAP_NS}}}url", "url"):
-        loc = _text(node, "loc")
+        loc = _joined(url, _text(node, "loc"))
         if not loc:
             continue
         news = node.find(f"{{{NEWS_NS}}}news")
         urls.append(
             SitemapUrl(
-                loc=urljoin(url, loc),
+                loc=loc,
                 lastmod=parse_iso_datetime(_text(node, "lastmod")),
                 news_date=parse_iso_datetime(_text(news, "publication_date", NEWS_NS))
                 if news is not None
@@ -147,6 +150,16 @@ def parse_sitemap(body: bytes, url: str, limit: int) -> ParsedSitemap:
             )
         )
     return ParsedSitemap(urls=tuple(urls))
+
+
+def _joined(base: str, loc: str | None) -> str | None:
+    """``loc`` resolved against the sitemap's URL; None when it cannot be (``http://[::1``)."""
+    if not loc:
+        return None
+    try:
+        return urljoin(base, loc)
+    except ValueError:
+        return None
 
 
 def _text(node, name: str, ns: str = SITEMAP_NS) -> str | None:
@@ -295,7 +308,7 @@ def walk_feed_archive(
         links = next_page_links(result.body or b"")
         if links:
             walk.how = "rfc5005"
-            url = urljoin(result.final_url, links[0])
+            url = _joined(result.final_url, links[0])  # None (the archive ends) for "http://[::1"
         elif walk.how == "rfc5005":
             url = None  # the archive ends here
         else:
