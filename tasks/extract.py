@@ -94,7 +94,7 @@ def _decode(body: bytes, content_type: str | None) -> bytes | str:
     if charset and not _META_CHARSET.search(body[:4096]):
         try:
             return body.decode(charset)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # UnicodeError too: "undefined", "punycode" raise it
             pass
     return body
 
