@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote_plus, urlsplit, urlunsplit
 
 from courlan import normalize_url
 
@@ -28,6 +28,9 @@ TRACKING_PARAMS = frozenset(
     }
 )  # fmt: skip
 TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "hsa_", "at_")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_IN_HOST = re.compile(r"[\x00-\x20\x7f\s]")  # controls and spaces, Unicode ones too
 
 
 def canonicalize_url(url: str | None) -> str | None:
@@ -36,23 +39,41 @@ def canonicalize_url(url: str | None) -> str | None:
     if not url:
         return None
     url = url.strip()
+    if _LONE_SURROGATE.search(url):  # no UTF-8 for it: it could be neither hashed nor stored
+        return None
     try:
         original = urlsplit(url)
         if original.scheme.lower() not in ("http", "https") or not original.hostname:
             return None
+        original.port  # noqa: B018 - ValueError on a port that is no port (":99999", ":8a")
         parts = urlsplit(normalize_url(url))
+        netloc, port = (parts.netloc, parts.port) if ":" not in original.hostname else _ipv6_netloc(original)
     except (ValueError, AttributeError):
         return None
+    if _NOT_IN_HOST.search(netloc):  # no server has that name: not a URL to fetch or to key on
+        return None
+    if port is not None and port == _DEFAULT_PORTS[parts.scheme]:  # courlan keeps "example.com.:80"
+        netloc = netloc.rsplit(":", 1)[0]
     # The query comes from the original URL: courlan drops parameters without a value, and
     # ``story.php?12345`` and ``story.php?12346`` are two articles.
     query = [
         (k, v)
         for k, v in parse_qsl(original.query, keep_blank_values=True)
-        if k.lower() not in TRACKING_PARAMS and not k.lower().startswith(TRACKING_PREFIXES)
+        if (k or v)  # a bare "=" is nothing
+        and k.lower() not in TRACKING_PARAMS
+        and not k.lower().startswith(TRACKING_PREFIXES)
     ]
     path = _remove_dot_segments(parts.path) or "/"
     encoded = "&".join(quote_plus(k) + (f"={quote_plus(v)}" if v else "") for k, v in sorted(query))
-    return urlunsplit((parts.scheme, parts.netloc, path, encoded, ""))
+    return urlunsplit((parts.scheme, netloc, path, encoded, ""))
+
+
+def _ipv6_netloc(original: SplitResult) -> tuple[str, int | None]:
+    """The netloc of an IPv6 literal, built here: courlan keeps ``[::1]:80`` and cuts ``:80`` out of
+    ``[::1:80]:80`` (another host)."""
+    userinfo, at, _ = original.netloc.rpartition("@")
+    port = original.port
+    return f"{userinfo.lower()}{at}[{original.hostname}]" + (f":{port}" if port is not None else ""), port
 
 
 def _remove_dot_segments(path: str) -> str:
