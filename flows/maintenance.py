@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows.poll import BUSY_STATE
+from flows.reporting import best_effort_report
 from newsflow.settings import build_settings
 from warehouse import maintenance as m
 from warehouse.lock import WarehouseBusy, WriterLock
@@ -87,7 +88,8 @@ def maintenance_flow(data_dir: str | None = None, raw_retention_days: int | None
         "raw_retention_days": retention,
         "raw_pruned": asdict(pruned) if pruned is not None else None,
     }
-    _publish(report)
+    with best_effort_report(logger, "maintenance report"):
+        _publish(report)
     return report
 
 

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.pipeline import process_pages, seeded_politeness
+from flows.reporting import best_effort_report
 from newsflow.settings import build_settings
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
@@ -80,7 +81,8 @@ def poll_flow(
         _count_states(summary, health)
         t.record_run(wh, ctx, summary, "completed")
 
-    _publish(summary, health)
+    with best_effort_report(logger, "poll's artifacts"):
+        _publish(summary, health)
     for f in summary.failures:
         logger.info("%s failed: %s [%s] %s", f["kind"], f["url"], f["error_class"], f["error"])
     if summary.failures:
