@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 EX_TEMPFAIL = 75  # sysexits: try again later (the warehouse is busy, the Prefect API unreachable)
+EX_IOERR = 74  # sysexits: an I/O error (the warehouse's disk is full)
 PREFECT_EXIT_WAIT = 10.0  # seconds Prefect gets at exit to deliver the run's last events
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
@@ -125,11 +126,14 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 def _unfinished(state) -> int | None:
     """The exit code of a flow run that did not complete (with the reason printed), else None."""
-    from flows.poll import BUSY_STATE
+    from flows.poll import BUSY_STATE, DISK_FULL_STATE
 
     if state.name == BUSY_STATE:
         err.print(f"[yellow]newsflow: {state.message}[/yellow]")
         return EX_TEMPFAIL
+    if state.name == DISK_FULL_STATE:
+        err.print(f"[red]newsflow: {escape(state.message or '')}[/red]", soft_wrap=True)
+        return EX_IOERR
     if not state.is_completed():
         err.print(f"[red]newsflow: the run ended in state {state.name}: {state.message}[/red]")
         return 1

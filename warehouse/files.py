@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -10,6 +11,33 @@ import pyarrow.parquet as pq
 
 # Readers glob ``*.parquet`` and ``*.warc.gz``; a name ending in this is never matched.
 TMP_SUFFIX = ".newsflow-tmp"
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# DuckDB reports a full disk in the text of its own exceptions (IOException, TransactionException).
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk being full, from the OS or from DuckDB."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(current) for text in _DISK_FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_message(exc: BaseException, data_dir: Path) -> str:
+    return (
+        f"the warehouse's disk is full ({data_dir}): {exc}. The batch being written was not loaded; "
+        "every batch committed before it is kept. Please free some space and run again: the next run "
+        "goes on from there."
+    )
 
 
 def fsync_dir(path: Path) -> None:
