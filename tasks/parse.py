@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import feedparser
 from feedparser.datetimes import _parse_date
+from feedparser.encodings import convert_to_utf8
 from feedparser.mixin import _FeedParserMixin
 
 from tasks.fetch import FetchResult
@@ -30,8 +31,12 @@ from tasks.schedule import feed_hint_seconds
 _FeedParserMixin.can_be_relative_uri = frozenset(_FeedParserMixin.can_be_relative_uri - {"id"})
 
 # Hostile XML: feedparser expands flat ("quadratic") entity declarations itself after expat
-# refuses them, and DTDs are never needed by a feed. Everything between <!DOCTYPE and the root
-# element is dropped before parsing; HTML named entities still work (feedparser knows them).
+# refuses them, and DTDs are never needed by a feed. Every DOCTYPE and ENTITY declaration is
+# dropped before parsing; HTML named entities still work (feedparser knows them). The removal
+# works on the document as feedparser will read it, decoded to UTF-8 the way feedparser decodes
+# (HTTP charset, BOM, XML declaration): on the bytes as received, a DTD written in UTF-7
+# ("+ADw-!DOCTYPE"), EBCDIC (cp037) or ISO-2022-JP (an empty shift: "<!DOC\x1b$B\x1b(BTYPE")
+# would slip through.
 _DOCTYPE = re.compile(rb"<!DOCTYPE(?:[^\[>]*\[.*?\]\s*>|[^>]*>)", re.S | re.I)
 _ENTITY_DECL = re.compile(rb"<!ENTITY[^>]*>", re.S | re.I)
 _DTD_MARKERS = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
@@ -166,7 +171,16 @@ def _wide_as_utf8(body: bytes) -> bytes | None:
     return None
 
 
-def _sanitize_xml(body: bytes) -> bytes:
+def _sanitize_xml(body: bytes, response_headers: dict[str, str]) -> bytes:
+    """The document as UTF-8 (its declaration saying so), without NUL bytes and without any DTD."""
+    body = _drop_unknown_declared_encoding(body)
+    try:
+        # What feedparser itself does first, with the same headers: the document decoded (HTTP
+        # charset, BOM, declaration; windows-1252 and iso-8859-2 are its last resorts) and
+        # re-encoded as UTF-8. A lone surrogate from UTF-7 fails the re-encoding.
+        body = convert_to_utf8(response_headers, body, {})
+    except (ValueError, LookupError) as exc:  # UnicodeError is a ValueError
+        raise FeedParseError("parse_error", f"cannot decode the document: {exc}") from exc
     body = body.replace(b"\x00", b"")
     # Every DOCTYPE and ENTITY declaration goes, decoys and declarations hidden in comments
     # included; removal is repeated because nested fragments can re-form a declaration.
@@ -177,8 +191,12 @@ def _sanitize_xml(body: bytes) -> bytes:
     else:
         if _DTD_MARKERS.search(body):
             raise FeedParseError("parse_error", "document type declarations nested too deep: refused")
-    # An encoding name that Python cannot decode makes feedparser raise: drop it and let
-    # feedparser sniff (HTTP header, BOM, then UTF-8 / Windows-1252).
+    return body
+
+
+def _drop_unknown_declared_encoding(body: bytes) -> bytes:
+    """An encoding name that Python cannot decode makes feedparser raise: drop it and let
+    feedparser sniff (HTTP header, BOM, then UTF-8 / Windows-1252)."""
     match = _XML_DECL_ENCODING.match(body)
     if match:
         name = match.group(3).decode("latin-1")
@@ -191,7 +209,6 @@ def _sanitize_xml(body: bytes) -> bytes:
 
 def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
     utf8 = _wide_as_utf8(body)
-    clean = _sanitize_xml(body if utf8 is None else utf8)
     response_headers = {"content-location": url}
     if "content-type" in headers:
         response_headers["content-type"] = headers["content-type"]
@@ -199,6 +216,10 @@ def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFee
             response_headers["content-type"] = (
                 _CHARSET_PARAM.sub("", headers["content-type"]) + "; charset=utf-8"
             )
+    clean = _sanitize_xml(body if utf8 is None else utf8, response_headers)
+    # Decoded already: feedparser must read these bytes as the UTF-8 they are (with the original
+    # charset it would decode them a second time, and a "+ADw-" in the text would become markup).
+    response_headers["content-type"] = "application/xml; charset=utf-8"
     try:
         parsed = feedparser.parse(clean, response_headers=response_headers, sanitize_html=True)
     except Exception as exc:  # feedparser raises on a few hostile inputs; record, never crash
