@@ -168,9 +168,15 @@ def _text(node, name: str, ns: str = SITEMAP_NS) -> str | None:
     child = node.find(f"{{{ns}}}{name}")
     if child is None:
         child = node.find(name)
-    if child is None or child.text is None:
+    if child is None:
         return None
-    return child.text.strip() or None
+    try:
+        text = child.text
+    except ValueError:  # "&#55296;": libxml2's recovery stores a surrogate that lxml cannot decode
+        return None
+    if text is None:
+        return None
+    return text.strip() or None
 
 
 def _in_window(when: datetime | None, since: date | None, until: date | None) -> bool:
@@ -259,8 +265,11 @@ def next_page_links(body: bytes) -> list[str]:
         return []
     links = []
     for node in root.iter("{http://www.w3.org/2005/Atom}link", "link"):
-        rel = (node.get("rel") or "").strip().lower()
-        href = node.get("href")
+        try:
+            rel = (node.get("rel") or "").strip().lower()
+            href = node.get("href")
+        except ValueError:  # an attribute holding "&#55296;" (see _text)
+            continue
         if href and rel in ("next", "prev-archive"):
             links.append(href)
     return links
