@@ -7,6 +7,7 @@ module decides, in a fixed order, which article is an original and which is a du
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,7 @@ TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "hsa_", "at_")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _NOT_IN_HOST = re.compile(r"[\x00-\x20\x7f\s]")  # controls and spaces, Unicode ones too
+_URL_SYNTAX = re.compile(r"[/?#@\[\]\\]")
 
 
 def canonicalize_url(url: str | None) -> str | None:
@@ -46,11 +48,20 @@ def canonicalize_url(url: str | None) -> str | None:
         if original.scheme.lower() not in ("http", "https") or not original.hostname:
             return None
         original.port  # noqa: B018 - ValueError on a port that is no port (":99999", ":8a")
-        parts = urlsplit(normalize_url(url))
-        netloc, port = (parts.netloc, parts.port) if ":" not in original.hostname else _ipv6_netloc(original)
+        # Handed the split URL, courlan does not HTML-unescape it first ("&#35;" is no fragment)
+        parts = urlsplit(normalize_url(original))
+        if re.search(r"[\[\]]", original.netloc.rpartition("@")[2]):
+            netloc, port = _ipv6_netloc(original)
+        else:
+            netloc, port = parts.netloc, parts.port
     except (ValueError, AttributeError):
         return None
-    if _NOT_IN_HOST.search(netloc):  # no server has that name: not a URL to fetch or to key on
+    # No server has such a name (controls, spaces, or what punycode decoded into URL syntax):
+    # not a URL to fetch or to key on. An IPv6 literal was checked whole by _ipv6_netloc.
+    host_and_port = netloc.rpartition("@")[2]
+    if host_and_port.startswith("["):
+        host_and_port = host_and_port.partition("]")[2]
+    if _NOT_IN_HOST.search(netloc) or _URL_SYNTAX.search(host_and_port):
         return None
     if port is not None and port == _DEFAULT_PORTS[parts.scheme]:  # courlan keeps "example.com.:80"
         netloc = netloc.rsplit(":", 1)[0]
@@ -70,10 +81,14 @@ def canonicalize_url(url: str | None) -> str | None:
 
 def _ipv6_netloc(original: SplitResult) -> tuple[str, int | None]:
     """The netloc of an IPv6 literal, built here: courlan keeps ``[::1]:80`` and cuts ``:80`` out of
-    ``[::1:80]:80`` (another host)."""
-    userinfo, at, _ = original.netloc.rpartition("@")
+    ``[::1:80]:80`` (another host). ValueError unless the host is one bracketed IPv6 address
+    (``e.x[::1]-y`` is none: urlsplit would take ``::1`` for its host)."""
+    userinfo, at, host_and_port = original.netloc.rpartition("@")
+    if not host_and_port.startswith("["):
+        raise ValueError(f"brackets inside a host name: {host_and_port!r}")
+    address = ipaddress.IPv6Address(original.hostname or "")
     port = original.port
-    return f"{userinfo.lower()}{at}[{original.hostname}]" + (f":{port}" if port is not None else ""), port
+    return f"{userinfo.lower()}{at}[{address.compressed}]" + (f":{port}" if port is not None else ""), port
 
 
 def _remove_dot_segments(path: str) -> str:
