@@ -1,0 +1,1 @@
+"""Fuzzing harness: one target per parser (targets.py), run by run.py."""
