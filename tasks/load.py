@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -389,9 +389,13 @@ def feed_rows(
     policy: SchedulePolicy,
     rng: random.Random | None = None,
     run_id: str | None = None,
+    keep_validators: Collection[str] = (),
 ) -> tuple[list[dict], list[dict]]:
     """The new state of each polled feed (validators, last status, schedule), and the events
-    (moved, backoff, dead, revived, retired, recovered) to record beside it."""
+    (moved, backoff, dead, revived, retired, recovered) to record beside it.
+
+    Feeds in ``keep_validators`` keep their previous ETag, Last-Modified and body hash: the next
+    poll then reads them whole again (entries of theirs still wait for a page)."""
     rows, events = [], []
     for o in outcomes:
         spec = specs[o.feed_url]
@@ -400,7 +404,8 @@ def feed_rows(
         success = not o.failed
         parsed = o.parsed
         etag, last_modified = prev.get("etag"), prev.get("last_modified")
-        if success and r.status == 200:
+        retry = o.feed_url in keep_validators
+        if success and r.status == 200 and not retry:
             etag, last_modified = r.header("etag"), r.header("last-modified")
         new_entries = new_entry_counts.get(o.feed_url, 0)
         update = next_schedule(
@@ -422,7 +427,7 @@ def feed_rows(
                 "language": (parsed.language if parsed else None) or prev.get("language"),
                 "etag": etag,
                 "last_modified": last_modified,
-                "body_hash": o.body_hash if success else prev.get("body_hash"),
+                "body_hash": o.body_hash if success and not retry else prev.get("body_hash"),
                 "last_status": r.status,
                 "last_fetched_at": now,
                 "last_error_class": o.error_class,

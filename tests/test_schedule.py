@@ -483,3 +483,31 @@ def test_a_feed_on_a_host_postponed_by_an_earlier_run_is_not_requested(
     assert site.hits["/f.xml"] == 1
     feed = _feed(newsflow_env, site.url("/f.xml"))
     assert feed["last_error_class"] == "host_postponed" and feed["consecutive_failures"] == 1
+
+
+def test_a_page_that_failed_for_a_transient_reason_is_retried_though_the_feed_did_not_change(
+    prefect_api, newsflow_env, monkeypatch, tmp_path, site_factory
+):
+    from builders import make_story, page_route, rss_feed
+
+    from flows.poll import poll_flow
+
+    monkeypatch.setenv("NEWSFLOW_RETRIES", "0")
+    site = site_factory("127.0.0.8")
+    ok_story, flaky = make_story(1, seed=21), make_story(2, seed=21)
+    site.routes["/a/ok.html"] = page_route(ok_story)
+    site.routes["/a/flaky.html"] = Route(body=b"try later", status=503)
+    items = [(ok_story, site.url("/a/ok.html"), "ok"), (flaky, site.url("/a/flaky.html"), "flaky")]
+    site.routes["/rss.xml"] = Route(body=rss_feed(items), content_type=RSS)  # ETag: a 304 next time
+    feeds_file = tmp_path / "feeds.toml"
+    feeds_file.write_text(f'[[feeds]]\nurl = "{site.url("/rss.xml")}"\n')
+
+    first = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0)
+    assert first["articles_extracted"] == 1 and first["pages_failed"] == 1
+    site.routes["/a/flaky.html"] = page_route(flaky)
+    second = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0, all_feeds=True)
+    # the feed's bytes did not change, yet it was read again for the entry still waiting
+    assert second["feeds_polled"] == 1 and second["feeds_not_modified"] == 0 and site.hits["/a/flaky.html"] == 2
+    assert second["articles_extracted"] == 1 and site.hits["/a/ok.html"] == 1
+    third = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0, all_feeds=True)
+    assert third["feeds_not_modified"] == 1 and third["pages_fetched"] == 0  # nothing waits any more
