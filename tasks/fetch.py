@@ -401,12 +401,14 @@ def _classify_transport_error(exc: Exception) -> FetchError:
         if isinstance(cur, FetchError):
             return cur
         cur = cur.__cause__ or cur.__context__
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        # First: a handshake the server never answers times out with ssl.SSLWantReadError (the
+        # non-blocking "not yet") somewhere down its chain; it is a timeout, not a TLS failure.
+        return FetchError("timeout", f"timed out: {exc.__class__.__name__} {exc}".strip())
     if any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in chain) or "CERTIFICATE_VERIFY" in str(
         exc
     ):
         return FetchError("tls", f"TLS failure: {exc}")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return FetchError("timeout", f"timed out: {exc.__class__.__name__} {exc}".strip())
     if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Invalid URL in location header"):
         # httpx parses a redirect's Location itself; one it cannot parse is the server's answer,
         # not a glitch: asking again would get the same.
