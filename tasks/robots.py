@@ -42,7 +42,14 @@ def robots_url(url: str) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/robots.txt"
+    answer = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/robots.txt"
+    try:  # without its user info, "[::1]@]1:[a" is no host: the answer must name the same one
+        again = urlsplit(answer)
+        if (again.hostname, again.port) != (parts.hostname, parts.port):
+            return None
+    except ValueError:
+        return None
+    return answer
 
 
 def robots_key(url: str) -> str | None:
