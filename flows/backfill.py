@@ -12,7 +12,7 @@ running during a long backfill.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +38,7 @@ PROGRESS_LISTENERS: list[Callable[[int, int], None]] = []
 
 BACKFILL_COUNTS = (
     "new_entries", "skipped_known", "pages_fetched", "pages_failed", "articles_extracted", "duplicates",
+    "new_versions", "refetched_unchanged",
 )  # fmt: skip
 
 
@@ -55,15 +56,22 @@ def backfill_flow(
     until: date | None = None,
     reextract: bool = False,
     data_dir: str | None = None,
+    refetch: bool = False,
 ) -> dict:
     """Backfill from one source: ``urls_file``, ``sitemap``, ``feed`` (with ``pages``), or
-    ``reextract``; ``since``/``until`` bound sitemap dates and re-extraction fetch dates."""
+    ``reextract``; ``since``/``until`` bound sitemap dates and re-extraction fetch dates.
+
+    ``refetch``: URLs already stored are fetched again instead of skipped (a changed text is a
+    new version of the article). Without it, a stored URL is fetched again only when its
+    sitemap <lastmod> or its feed entry's date is later than its last fetch."""
     logger = get_run_logger()
     chosen = [name for name, v in (("urls_file", urls_file), ("sitemap", sitemap), ("feed", feed)) if v]
     if reextract and feed:
         chosen.remove("feed")  # with --reextract, --feed selects the articles to re-extract
     if len(chosen) + bool(reextract) != 1:
         raise BackfillError("choose exactly one source: urls_file, sitemap, feed or reextract")
+    if refetch and reextract:
+        raise BackfillError("refetch fetches pages again; reextract uses the stored ones: choose one")
     settings = build_settings(data_dir=data_dir)
     ctx = RunContext.new("backfill", flow_run.id)
     summary = RunSummary(run_id=ctx.run_id)
@@ -81,7 +89,7 @@ def backfill_flow(
 
     try:
         return _run(settings, ctx, summary, session, logger, chosen, urls_file, sitemap, feed, pages,
-                    since, until, reextract)  # fmt: skip
+                    since, until, reextract, refetch)  # fmt: skip
     except WarehouseBusy as exc:
         # Another writer kept the warehouse longer than we wait, between two of our batches.
         # What was committed stays; running the same backfill again resumes from there.
@@ -91,8 +99,9 @@ def backfill_flow(
 
 
 def _run(
-    settings, ctx, summary, session, logger, chosen, urls_file, sitemap, feed, pages, since, until, reextract
-):
+    settings, ctx, summary, session, logger, chosen, urls_file, sitemap, feed, pages, since, until, reextract,
+    refetch=False,
+):  # fmt: skip
     if reextract:
         counts = reextract_articles(
             settings, ctx, summary, session, _progress_reporter(logger), since, until, feed
@@ -111,7 +120,7 @@ def _run(
         return {**result, "notes": [], "failures": []}
 
     jobs, entry_plan, notes, fetches = _collect(
-        settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary
+        settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary, refetch
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
     report = _progress_reporter(logger)
@@ -138,7 +147,7 @@ def _run(
     return {**result, "notes": notes, "failures": summary.failures}
 
 
-def _collect(settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary):
+def _collect(settings, ctx, session, urls_file, sitemap, feed, pages, since, until, summary, refetch=False):
     """The pages to fetch (and, for a feed, the entry plan), notes for the report, and the
     fetches made to find them (sitemaps, feed pages) for fetch_log. Those fetches share the run's
     politeness state with the page batches (spacing per host, postponed hosts)."""
@@ -148,7 +157,7 @@ def _collect(settings, ctx, session, urls_file, sitemap, feed, pages, since, unt
         notes.append(f"{len(urls)} URLs from {urls_file}")
         if rejected:
             notes.append(f"{len(rejected)} lines refused (not http/https): {rejected[:5]}")
-        return _jobs_for_urls(urls), None, notes, []
+        return _jobs_for_urls([(u, None) for u in urls], refetch), None, notes, []
     if sitemap:
         politeness = seeded_politeness(ctx, settings, session)
         walk = sources.walk_sitemaps(sitemap, settings, since, until, politeness)
@@ -158,27 +167,43 @@ def _collect(settings, ctx, session, urls_file, sitemap, feed, pages, since, unt
         )
         for url, error_class, message in walk.failures:
             summary.add_failure("sitemap", url, error_class, message)
-        return _jobs_for_urls([u.loc for u in walk.urls]), None, notes, walk.fetches
+        jobs = _jobs_for_urls([(u.loc, u.lastmod) for u in walk.urls], refetch)
+        return jobs, None, notes, walk.fetches
     walk = sources.walk_feed_archive(feed, pages, settings, seeded_politeness(ctx, settings, session))
     notes.append(f"{len(walk.entries)} entries from {walk.pages_fetched} page(s) of {feed} ({walk.how})")
     for url, error_class, message in walk.failures:
         summary.add_failure("feed", url, error_class, message)
     candidates = dedup.keyed_entries([(feed, walk.entries)])
     with session() as wh:
-        seen = wh.seen_entry_keys([c.entry_key for c in candidates])
-        link_keys = list({c.link_key for c in candidates if c.link_key and c.entry_key not in seen})
-        plan = dedup.plan_entries(candidates, seen, wh.known_url_keys(link_keys), max(1, len(candidates)))
+        stored_dates = wh.entry_dates([c.entry_key for c in candidates])  # the entries seen before
+        link_keys = list({c.link_key for c in candidates if c.link_key and c.entry_key not in stored_dates})
+        plan = dedup.plan_entries(
+            candidates,
+            set(stored_dates),
+            wh.known_url_keys(link_keys),
+            max(1, len(candidates)),
+            stored_dates=stored_dates,
+            refetch=refetch,
+        )
     summary.new_entries = sum(len(j.entries) for j in plan.pages) + len(plan.known) + len(plan.no_link)
     summary.duplicates += len(plan.known)
     return plan.pages, plan, notes, walk.fetches
 
 
-def _jobs_for_urls(urls: list[str]) -> list[dedup.PageJob]:
+def _jobs_for_urls(urls: list[tuple[str, datetime | None]], refetch: bool = False) -> list[dedup.PageJob]:
+    """One job per URL key: (url, when the source says it last changed)."""
     jobs: dict[str, dedup.PageJob] = {}
-    for url in urls:
+    for url, changed_at in urls:
         key = dedup.canonicalize_url(url)
         if key and key not in jobs:
-            jobs[key] = dedup.PageJob(article_id=dedup.article_id_for(key), url=url, url_key=key, entries=())
+            jobs[key] = dedup.PageJob(
+                article_id=dedup.article_id_for(key),
+                url=url,
+                url_key=key,
+                entries=(),
+                refetch=refetch,
+                changed_at=changed_at,
+            )
     return list(jobs.values())
 
 

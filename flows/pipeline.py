@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import timedelta
 
 from newsflow.settings import Settings
@@ -41,7 +42,9 @@ def process_pages(
     ``session()`` gives the warehouse for one batch's reads and writes: the poll holds one for its
     whole run; a backfill takes the writer lock per batch so that polls can run in between.
     With ``skip_known``, pages whose URL is already stored are dropped just before their batch is
-    fetched (what makes a backfill idempotent and resumable).
+    fetched (what makes a backfill idempotent and resumable), except jobs marked ``refetch``
+    and stored pages whose ``changed_at`` is later than their last fetch. A stored page fetched
+    again becomes a new version of its article when its text changed, else nothing but its fetch.
     """
     batches = [list(b) for b in chunks(list(jobs), settings.batch_size)]
     total = len(jobs)
@@ -53,10 +56,19 @@ def process_pages(
     def prepare(batch: list[PageJob]) -> list[PageJob]:
         if not skip_known:
             return batch
+        # Jobs marked `refetch` are fetched whether stored or not (a changed text is a new version).
         with session() as wh:
-            known = wh.known_url_keys([j.url_key for j in batch])
-        summary.skipped_known += sum(1 for j in batch if j.url_key in known)
-        return [j for j in batch if j.url_key not in known]
+            known = wh.known_url_keys([j.url_key for j in batch if not j.refetch])
+            changed = changed_since_fetched([j for j in batch if j.url_key in known], wh)
+        kept = []
+        for j in batch:
+            if j.url_key in changed:
+                kept.append(replace(j, refetch=True))
+            elif j.refetch or j.url_key not in known:
+                kept.append(j)
+            else:
+                summary.skipped_known += 1
+        return kept
 
     def finish(pending) -> None:
         nonlocal done
@@ -67,8 +79,8 @@ def process_pages(
                 if skip_known:
                     # Another writer (a poll between two of our batches) may have stored some of
                     # these URLs since we checked: theirs stand, ours are dropped before loading.
-                    known = wh.known_url_keys([j.url_key for j in batch_jobs])
-                    keep = [i for i, j in enumerate(batch_jobs) if j.url_key not in known]
+                    known = wh.known_url_keys([j.url_key for j in batch_jobs if not j.refetch])
+                    keep = [i for i, j in enumerate(batch_jobs) if j.refetch or j.url_key not in known]
                     summary.skipped_known += len(batch_jobs) - len(keep)
                     batch_jobs, results, extracted, raw_refs = (
                         [xs[i] for i in keep] for xs in (batch_jobs, results, extracted, raw_refs)
@@ -106,6 +118,23 @@ def process_pages(
         pending = current
     finish(pending)
     save_politeness(politeness, session)
+
+
+def changed_since_fetched(jobs: Sequence[PageJob], wh: Warehouse) -> set[str]:
+    """The URL keys of stored jobs whose source says they changed (``changed_at``, a sitemap's
+    <lastmod>) after they were last fetched: their latest version, or a later fetch of the same
+    URL that found the text unchanged (so an unchanged page is not fetched at every backfill).
+    A job known only as another page's canonical URL, never fetched itself, stays skipped."""
+    dated = [j for j in jobs if j.changed_at is not None]
+    if not dated:
+        return set()
+    last = wh.last_fetched([j.url_key for j in dated], [j.url for j in dated])
+    changed = set()
+    for j in dated:
+        fetched = [t for t in (last.get(j.url_key), last.get(j.url)) if t is not None]
+        if fetched and j.changed_at > max(fetched):
+            changed.add(j.url_key)
+    return changed
 
 
 def seeded_politeness(ctx: RunContext, settings: Settings, session: Session) -> robots.PolitenessState:

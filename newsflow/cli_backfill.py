@@ -29,6 +29,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if len(sources) != 1:
         err.print("[red]newsflow backfill: choose one source: --urls, --sitemap, --feed or --reextract[/red]")
         return 2
+    if args.refetch and args.reextract:
+        err.print("[red]newsflow backfill: --refetch and --reextract exclude each other[/red]")
+        return 2
     if args.urls and not args.urls.exists():
         err.print(f"[red]newsflow backfill: no URL list at {args.urls}[/red]")
         return 2
@@ -59,6 +62,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 since=args.since,
                 until=args.until,
                 reextract=args.reextract,
+                refetch=args.refetch,
                 data_dir=str(args.data_dir) if args.data_dir else None,
                 return_state=True,
             )
@@ -71,14 +75,20 @@ def register(sub) -> None:
     p = sub.add_parser(
         "backfill",
         help="bring in past articles: --urls FILE, --sitemap URL, --feed URL --pages N, or --reextract",
-        description="Idempotent and resumable: pages already stored are skipped; a killed run can be "
-        "started again and ends as if it had run once.",
+        description="Idempotent and resumable: pages already stored are skipped (unless --refetch, or a "
+        "sitemap <lastmod> later than their last fetch); a killed run can be started again and ends as if "
+        "it had run once.",
     )
     p.add_argument("--urls", type=Path, help="a file of article URLs, one per line (# comments allowed)")
     p.add_argument("--sitemap", help="a sitemap or sitemap index URL (gzip and Google News sitemaps too)")
     p.add_argument("--reextract", action="store_true", help="extract the stored raw pages again (no network)")
     p.add_argument(
         "--feed", help="walk this feed's archive (RFC 5005 or ?paged=N); with --reextract: only its articles"
+    )
+    p.add_argument(
+        "--refetch",
+        action="store_true",
+        help="fetch URLs already stored again: a changed text is stored as a new version of the article",
     )
     p.add_argument("--pages", type=int, default=10, help="feed archive pages to walk (default 10)")
     p.add_argument(

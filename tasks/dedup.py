@@ -10,8 +10,9 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import SplitResult, parse_qsl, quote_plus, urlsplit, urlunsplit
 
 from courlan import normalize_url
@@ -148,8 +149,12 @@ def content_hash(text: str | None) -> str | None:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
 
-def article_id_for(url_key: str) -> str:
-    return hashlib.sha256(url_key.encode("utf-8")).hexdigest()[:20]
+def article_id_for(url_key: str, version: int = 1) -> str:
+    """Version 1 of an article is the hash of its URL key (the id it always had); a later version
+    hashes the key with its number, so every version has an id of its own."""
+    if version == 1:
+        return hashlib.sha256(url_key.encode("utf-8")).hexdigest()[:20]
+    return hashlib.sha256(f"{url_key}\nversion {version}".encode()).hexdigest()[:20]
 
 
 def entry_key_for(feed_url: str, identity: str) -> str:
@@ -161,6 +166,16 @@ class DedupCandidate:
     article_id: str
     canonical_url: str | None
     content_hash: str | None
+    article_key: str | None = None  # the article's version-1 id when this is a later version
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    """A stored article carrying a dedup key: the original it belongs to and its own article key
+    (so that a new version is never taken for a copy of its own earlier versions)."""
+
+    original: str  # coalesce(duplicate_of, article_id) of the stored row
+    article_key: str  # the stored row's article_key
 
 
 @dataclass(frozen=True)
@@ -170,33 +185,61 @@ class DedupDecision:
     reason: str | None  # "canonical_url" | "content_hash" | None for an original
 
 
+Known = Mapping[str, "str | Sequence[KnownKey]"]
+
+
+def _known_rows(value: str | Sequence[KnownKey]) -> list[KnownKey]:
+    return [KnownKey(value, value)] if isinstance(value, str) else list(value)
+
+
 def decide_duplicates(
     candidates: Iterable[DedupCandidate],
-    known_canonical: Mapping[str, str],
-    known_hash: Mapping[str, str],
+    known_canonical: Known,
+    known_hash: Known,
+    original_keys: Mapping[str, str] | None = None,
 ) -> list[DedupDecision]:
     """Mark each candidate original or duplicate, in the given order.
 
-    ``known_*`` map keys already in the warehouse to the original article they belong to.
-    Within the batch, the first candidate with a key is the original for the ones after it.
+    ``known_*`` map keys already in the warehouse to the original article they belong to: either
+    the original's id, or the stored rows carrying the key in the order they were stored
+    (:class:`KnownKey`). Within the batch, the first candidate with a key is the original for the
+    ones after it.
+
+    A later version of an article (``article_key`` set) is compared with every other article, not
+    with its own versions: the stored rows of its own article are passed over, and an original
+    that is one of its own versions (``original_keys``: original id -> its article key) makes it
+    no copy.
     """
-    by_canonical = dict(known_canonical)
-    by_hash = dict(known_hash)
+    by_canonical = {k: _known_rows(v) for k, v in known_canonical.items()}
+    by_hash = {k: _known_rows(v) for k, v in known_hash.items()}
+    key_of = dict(original_keys or {})
     decisions: list[DedupDecision] = []
     for c in candidates:
+        own = c.article_key or c.article_id
+        key_of.setdefault(c.article_id, own)
         original: str | None = None
         reason: str | None = None
-        if c.canonical_url and by_canonical.get(c.canonical_url, c.article_id) != c.article_id:
-            original, reason = by_canonical[c.canonical_url], "canonical_url"
-        elif c.content_hash and by_hash.get(c.content_hash, c.article_id) != c.article_id:
-            original, reason = by_hash[c.content_hash], "content_hash"
-        root = original or c.article_id
+        if c.canonical_url and (found := _copied(by_canonical.get(c.canonical_url, ()), own, key_of)):
+            original, reason = found, "canonical_url"
+        elif c.content_hash and (found := _copied(by_hash.get(c.content_hash, ()), own, key_of)):
+            original, reason = found, "content_hash"
+        root = KnownKey(original or c.article_id, own)
         if c.canonical_url:
-            by_canonical.setdefault(c.canonical_url, root)
+            by_canonical.setdefault(c.canonical_url, []).append(root)
         if c.content_hash:
-            by_hash.setdefault(c.content_hash, root)
+            by_hash.setdefault(c.content_hash, []).append(root)
         decisions.append(DedupDecision(c.article_id, original, reason))
     return decisions
+
+
+def _copied(rows: Iterable[KnownKey], own: str, key_of: Mapping[str, str]) -> str | None:
+    """The original that the first other article carrying the key belongs to, unless that
+    original is one of the candidate's own versions."""
+    for row in rows:
+        if row.article_key == own:
+            continue
+        return None if key_of.get(row.original, row.original) == own else row.original
+    return None
 
 
 # --------------------------------------------------------------------------- before fetching
@@ -214,10 +257,23 @@ class PlannedEntry:
 class PageJob:
     """One page to fetch, and every new entry (from any feed) that links to it."""
 
-    article_id: str
+    article_id: str  # the article's version-1 id (its key): hash of url_key
     url: str  # the link exactly as the first entry gave it
     url_key: str
-    entries: tuple[PlannedEntry, ...]
+    entries: tuple[PlannedEntry, ...]  # new entries: inserted into `entries`
+    # Entries already stored whose date moved (or, with backfill --refetch, every one seen again):
+    # their page is fetched again and their stored row brought up to date.
+    refreshed: tuple[PlannedEntry, ...] = ()
+    # The URL may be stored already and is fetched anyway: a changed text is a new version.
+    refetch: bool = False
+    # When the source says the page last changed (a sitemap's <lastmod>): a stored URL fetched
+    # before that is fetched again by a backfill.
+    changed_at: datetime | None = None
+
+    @property
+    def lead_entry(self) -> PlannedEntry | None:
+        """The entry the article row names (feed_url, entry_key, guid; its title wins)."""
+        return (self.entries or self.refreshed or (None,))[0]
 
 
 @dataclass(frozen=True)
@@ -247,30 +303,65 @@ def plan_entries(
     seen_entry_keys: set[str],
     known_urls: Mapping[str, str],
     max_per_feed: int,
+    *,
+    stored_dates: Mapping[str, datetime | None] | None = None,
+    refetch: bool = False,
 ) -> EntryPlan:
-    """Which new entries need a page fetched: never one already stored, never one twice."""
+    """Which entries need a page fetched: never one already stored, never one twice.
+
+    Except to see whether it changed: an entry already seen whose date (``updated``, else
+    ``published``) is later than the one stored (``stored_dates``: entry_key -> the stored
+    date) has its page fetched again, and so, with ``refetch`` (``backfill --refetch``), has
+    every entry seen before and every link already stored. Those count against ``max_per_feed``
+    like new entries."""
+    stored_dates = stored_dates or {}
     per_feed: dict[str, int] = {}
     pages: dict[str, list[PlannedEntry]] = {}
+    refreshed: dict[str, list[PlannedEntry]] = {}
     first_url: dict[str, str] = {}
     known: list[tuple[PlannedEntry, str]] = []
     no_link: list[PlannedEntry] = []
     skipped = 0
     for p in candidates:
-        if p.entry_key in seen_entry_keys:
+        seen = p.entry_key in seen_entry_keys
+        moved = refetch or entry_moved(p.entry, stored_dates.get(p.entry_key))
+        if seen and (p.link_key is None or not moved):
             continue
         if per_feed.get(p.feed_url, 0) >= max_per_feed:
             skipped += 1
             continue
         per_feed[p.feed_url] = per_feed.get(p.feed_url, 0) + 1
-        if p.link_key is None:
+        if seen:
+            refreshed.setdefault(p.link_key, []).append(p)
+            first_url.setdefault(p.link_key, p.entry.link or p.link_key)
+        elif p.link_key is None:
             no_link.append(p)
-        elif p.link_key in known_urls:
+        elif p.link_key in known_urls and not refetch:
             known.append((p, known_urls[p.link_key]))
         else:
             pages.setdefault(p.link_key, []).append(p)
             first_url.setdefault(p.link_key, p.entry.link or p.link_key)
     jobs = [
-        PageJob(article_id=article_id_for(key), url=first_url[key], url_key=key, entries=tuple(entries))
-        for key, entries in pages.items()
+        PageJob(
+            article_id=article_id_for(key),
+            url=first_url[key],
+            url_key=key,
+            entries=tuple(pages.get(key, ())),
+            refreshed=tuple(refreshed.get(key, ())),
+            refetch=key in refreshed or key in known_urls,
+        )
+        for key in dict.fromkeys([*pages, *refreshed])
     ]
     return EntryPlan(pages=jobs, known=known, no_link=no_link, skipped_over_limit=skipped)
+
+
+def entry_date(entry: FeedEntry) -> datetime | None:
+    """When the feed says the entry last changed."""
+    return entry.updated_at or entry.published_at
+
+
+def entry_moved(entry: FeedEntry, stored: datetime | None) -> bool:
+    """The entry's date is later than the one stored with it: its page may have changed. An entry
+    without a date, or stored without one, never moves (nothing says it changed)."""
+    now = entry_date(entry)
+    return now is not None and stored is not None and now > stored

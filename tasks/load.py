@@ -10,15 +10,17 @@ import itertools
 import random
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from tasks.dedup import (
     DedupCandidate,
     DedupDecision,
+    Known,
     PageJob,
     PlannedEntry,
+    article_id_for,
     canonicalize_url,
     content_hash,
     decide_duplicates,
@@ -77,6 +79,8 @@ class RunSummary:
     articles_extracted: int = 0
     duplicates: int = 0
     skipped_known: int = 0  # backfill: URLs already stored, not fetched again
+    new_versions: int = 0  # stored URLs fetched again whose text changed: a new version each
+    refetched_unchanged: int = 0  # stored URLs fetched again with the same text: no new row
     failures: list[dict] = field(default_factory=list)  # url, kind, error_class, message
 
     def counts(self) -> dict[str, int]:
@@ -90,6 +94,17 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class StoredVersion:
+    """The latest stored version of an article (a URL key), as a page fetched again finds it."""
+
+    article_id: str
+    article_key: str
+    version: int
+    content_hash: str | None
+    story_id: str | None  # the story of its latest version that has one
+
+
+@dataclass(frozen=True)
 class PageArticle:
     job: PageJob
     result: FetchResult
@@ -97,37 +112,79 @@ class PageArticle:
     canonical_url: str | None
     content_hash: str | None
     decision: DedupDecision | None = None
+    previous: StoredVersion | None = None  # the URL's latest stored version, when it has one
+
+    @property
+    def version(self) -> int:
+        return self.previous.version + 1 if self.previous else 1
+
+    @property
+    def article_key(self) -> str:
+        return self.previous.article_key if self.previous else self.job.article_id
+
+    @property
+    def article_id(self) -> str:
+        """The id of the row this page becomes: version 1 keeps the job's id."""
+        return self.job.article_id if self.version == 1 else article_id_for(self.job.url_key, self.version)
+
+    @property
+    def unchanged(self) -> bool:
+        """A stored URL fetched again whose text is the latest version's (or has no text: a failed
+        extraction is no new version): no article row."""
+        return self.previous is not None and (
+            self.content_hash is None or self.content_hash == self.previous.content_hash
+        )
+
+    @property
+    def stored(self) -> bool:
+        """It becomes an article row."""
+        return self.result.ok and not self.unchanged
 
 
 def identify_pages(
-    jobs: Sequence[PageJob], results: Sequence[FetchResult], extracted: Sequence[Extracted | None]
+    jobs: Sequence[PageJob],
+    results: Sequence[FetchResult],
+    extracted: Sequence[Extracted | None],
+    latest: Mapping[str, StoredVersion] | None = None,
 ):
-    """Canonical URL and text hash of each successfully fetched page (the dedup keys)."""
+    """Canonical URL and text hash of each successfully fetched page (the dedup keys), and the
+    latest stored version of its URL (``latest``: url_key -> version) when it has one."""
+    latest = latest or {}
     pages = []
     for job, result, ex in zip(jobs, results, extracted, strict=True):
         if not result.ok:
             pages.append(PageArticle(job, result, None, None, None))
             continue
-        pages.append(PageArticle(job, result, ex, *page_identity(ex, result.final_url)))
+        pages.append(
+            PageArticle(
+                job, result, ex, *page_identity(ex, result.final_url), previous=latest.get(job.url_key)
+            )
+        )
     return pages
 
 
 def dedup_pages(
-    pages: Sequence[PageArticle], known_canonical: Mapping[str, str], known_hash: Mapping[str, str]
+    pages: Sequence[PageArticle],
+    known_canonical: Known,
+    known_hash: Known,
+    original_keys: Mapping[str, str] | None = None,
 ):
-    fetched = [p for p in pages if p.result.ok]
+    """Decide the pages that become article rows (new articles and new versions) original or
+    duplicate. See :func:`tasks.dedup.decide_duplicates` for ``known_*`` and ``original_keys``."""
+    stored = [p for p in pages if p.stored]
     decisions = decide_duplicates(
-        [DedupCandidate(p.job.article_id, p.canonical_url, p.content_hash) for p in fetched],
+        [
+            DedupCandidate(
+                p.article_id, p.canonical_url, p.content_hash, p.article_key if p.previous else None
+            )
+            for p in stored
+        ],
         known_canonical,
         known_hash,
+        original_keys,
     )
     by_id = {d.article_id: d for d in decisions}
-    return [
-        PageArticle(
-            p.job, p.result, p.extracted, p.canonical_url, p.content_hash, by_id.get(p.job.article_id)
-        )
-        for p in pages
-    ]
+    return [replace(p, decision=by_id.get(p.article_id) if p.stored else None) for p in pages]
 
 
 # --------------------------------------------------------------------------- rows
@@ -260,10 +317,12 @@ def article_row(
     page: PageArticle, ctx: RunContext, load_batch: str, raw: tuple[str | None, int | None]
 ) -> dict:
     job, result = page.job, page.result
-    first = job.entries[0] if job.entries else None
+    first = job.lead_entry
     decision = page.decision
     return {
-        "article_id": job.article_id,
+        "article_id": page.article_id,
+        "article_key": page.article_key,
+        "version": page.version,
         "url": job.url,
         "url_key": job.url_key,
         "final_url": result.final_url,
@@ -282,6 +341,9 @@ def article_row(
         "run_id": ctx.run_id,
         "load_batch": load_batch,
         "ingest_date": result.fetched_at.date(),
+        # A new version keeps its article's story (warehouse.stories.assign_story_ids); a first
+        # version is placed by its text.
+        "story_id": page.previous.story_id if page.previous else None,
     }
 
 
@@ -307,38 +369,61 @@ def page_batch_rows(
     load_batch: str,
     summary: RunSummary,
 ) -> dict[str, list[dict]]:
-    """Rows for one batch of pages (entries, articles, fetch_log); counts go to ``summary``."""
-    rows: dict[str, list[dict]] = {"entries": [], "articles": [], "fetch_log": []}
+    """Rows for one batch of pages (entries, articles, fetch_log, and ``entry_updates``: the new
+    state of stored entries whose page was fetched again); counts go to ``summary``."""
+    rows: dict[str, list[dict]] = {"entries": [], "articles": [], "fetch_log": [], "entry_updates": []}
     now = datetime.now(UTC)
     for n, (page, raw) in enumerate(zip(pages, raw_refs, strict=True)):
         result = page.result
         rows["fetch_log"].append(fetch_log_row(result, "page", ctx, load_batch, n, raw))
-        entries = page.job.entries
+        job = page.job
+        entries = job.entries
         if result.ok:
             summary.pages_fetched += 1
-            rows["articles"].append(article_row(page, ctx, load_batch, raw))
-            if page.extracted and page.extracted.text:
-                summary.articles_extracted += 1
-            if page.decision and page.decision.duplicate_of:
-                summary.duplicates += 1
+            if page.unchanged:
+                summary.refetched_unchanged += 1
+            else:
+                rows["articles"].append(article_row(page, ctx, load_batch, raw))
+                summary.new_versions += 1 if page.previous else 0
+                if page.extracted and page.extracted.text:
+                    summary.articles_extracted += 1
+                if page.decision and page.decision.duplicate_of:
+                    summary.duplicates += 1
             for i, p in enumerate(entries):
                 rows["entries"].append(
                     entry_row(
                         p, ctx, load_batch, now,
                         status="fetched" if i == 0 else "duplicate",
-                        article_id=page.job.article_id,
-                        duplicate_of=page.job.article_id if i else None,
+                        article_id=job.article_id,
+                        duplicate_of=job.article_id if i else None,
                         duplicate_reason="url" if i else None,
                     )
                 )  # fmt: skip
                 summary.duplicates += 1 if i else 0
+            rows["entry_updates"] += [
+                entry_update_row(p, ctx, load_batch, now, resolved_to=job.article_id) for p in job.refreshed
+            ]
             continue
         summary.pages_failed += 1
         summary.add_failure("page", result.url, result.error_class, result.error_message)
         transient = result.error_class in TRANSIENT_PAGE_ERRORS or result.status == 429
         if not transient:  # final: record the entries so they are not tried forever
             rows["entries"].extend(entry_row(p, ctx, load_batch, now, status="failed") for p in entries)
+            rows["entry_updates"] += [entry_update_row(p, ctx, load_batch, now) for p in job.refreshed]
     return rows
+
+
+def entry_update_row(
+    p: PlannedEntry, ctx: RunContext, load_batch: str, seen_at: datetime, *, resolved_to: str | None = None
+) -> dict:
+    """The new state of a stored entry whose page was fetched again: the entry as the feed shows it
+    now (its dates included, so that the same change does not trigger another fetch), and, when
+    the page was fetched (``resolved_to``: its article), the article it resolves to.
+    ``Warehouse.load_batch`` applies it in place (``first_seen_at``, ``run_id`` and ``load_batch``
+    stay those of the first sighting)."""
+    row = entry_row(p, ctx, load_batch, seen_at, status="fetched", article_id=resolved_to)
+    row["page_fetched"] = resolved_to is not None
+    return row
 
 
 def known_entry_rows(

@@ -56,9 +56,15 @@ def parse_feeds(results: list[fetch.FetchResult], due: feeds.DueFeeds, wh: Wareh
 @task(name="plan-entries", **_TASK)
 def plan_entries(outcomes: list[parse.FeedOutcome], wh: Warehouse, settings: Settings) -> dedup.EntryPlan:
     candidates = dedup.keyed_entries((o.feed_url, o.parsed.entries) for o in outcomes if o.parsed is not None)
-    seen = wh.seen_entry_keys([c.entry_key for c in candidates])
-    link_keys = list({c.link_key for c in candidates if c.link_key and c.entry_key not in seen})
-    return dedup.plan_entries(candidates, seen, wh.known_url_keys(link_keys), settings.max_entries_per_feed)
+    stored_dates = wh.entry_dates([c.entry_key for c in candidates])  # the entries seen before
+    link_keys = list({c.link_key for c in candidates if c.link_key and c.entry_key not in stored_dates})
+    return dedup.plan_entries(
+        candidates,
+        set(stored_dates),
+        wh.known_url_keys(link_keys),
+        settings.max_entries_per_feed,
+        stored_dates=stored_dates,
+    )
 
 
 @task(name="fetch-pages", **_TASK)
@@ -87,10 +93,20 @@ def extract_pages(results: Sequence[fetch.FetchResult], pool: ExtractorPool) -> 
 
 @task(name="dedup-articles", **_TASK)
 def dedup_articles(jobs, results, extracted, wh: Warehouse) -> list[load.PageArticle]:
-    pages = load.identify_pages(jobs, results, extracted)
-    canonicals = list({p.canonical_url for p in pages if p.canonical_url})
-    hashes = list({p.content_hash for p in pages if p.content_hash})
-    return load.dedup_pages(pages, wh.known_canonical(canonicals), wh.known_hashes(hashes))
+    """Identify the fetched pages, find the stored versions of their URLs (a page fetched again
+    is a new version when its text changed, nothing when not), and decide the rest duplicate or
+    original against the warehouse."""
+    fetched_keys = [j.url_key for j, r in zip(jobs, results, strict=True) if r.ok]
+    latest = {key: load.StoredVersion(*row) for key, row in wh.latest_versions(fetched_keys).items()}
+    pages = load.identify_pages(jobs, results, extracted, latest)
+    stored = [p for p in pages if p.stored]
+    known_canonical = wh.known_canonical_rows(list({p.canonical_url for p in stored if p.canonical_url}))
+    known_hash = wh.known_hash_rows(list({p.content_hash for p in stored if p.content_hash}))
+    original_keys = {}
+    if any(p.previous for p in stored):  # only a new version can be one of its originals' versions
+        originals = {k.original for rows in (*known_canonical.values(), *known_hash.values()) for k in rows}
+        original_keys = wh.article_keys(sorted(originals))
+    return load.dedup_pages(pages, known_canonical, known_hash, original_keys)
 
 
 @task(name="archive-pages", **_TASK)

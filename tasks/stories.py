@@ -252,12 +252,18 @@ def assign_batch(
     candidates: Mapping[str, Sequence[str]],
     stored: Mapping[str, StoredArticle],
     params: StoryParams = PARAMS,
+    kept_story: Mapping[str, str] | None = None,
 ) -> list[Placement]:
     """Place each article of ``batch`` in a story, in canonical order (the input order does not
     matter). ``fingerprints`` holds the batch's; ``candidates[article_id]`` the stored articles
     its band keys selected (:func:`select_candidates`), described in ``stored``.
 
+    ``kept_story[article_id]``: the story an article keeps whatever its text (a new version of a
+    stored article stays in its article's story). It is not matched, but it gets its band keys
+    and later articles can match it, so copies of the new text find that story.
+
     Returns one placement per article, in canonical order."""
+    kept_story = kept_story or {}
     placed: list[Placement] = []
     story_of: dict[str, str] = {}
     postings: dict[int, list[str]] = {}  # band keys of the batch articles already placed
@@ -267,9 +273,17 @@ def assign_batch(
         if not art.text:
             placed.append(Placement(art.article_id, None, None, None, ()))
             continue
-        if fp is None:  # too short to compare: a story of its own
-            story_of[art.article_id] = art.article_id
-            placed.append(Placement(art.article_id, art.article_id, None, None, ()))
+        kept = kept_story.get(art.article_id)
+        if fp is None:  # too short to compare: a story of its own (or the one it keeps)
+            story_of[art.article_id] = kept or art.article_id
+            placed.append(Placement(art.article_id, kept or art.article_id, None, None, ()))
+            continue
+        if kept is not None:
+            story_of[art.article_id] = kept
+            when_of[art.article_id] = art.order
+            for band in fp.bands:
+                postings.setdefault(band, []).append(art.article_id)
+            placed.append(Placement(art.article_id, kept, None, None, fp.bands))
             continue
         # (other article, its fingerprint, its story, its canonical order): stored, then batch
         others = [

@@ -111,6 +111,19 @@ SQL_INSERT_FROM_PARQUET = {
     t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"  # noqa: S608
     for t in APPEND_TABLES
 }
+# Articles written to Parquet before migration 007 (article versions) have no `version` and
+# `article_key`: they are first versions. Files with and without them can sit side by side until
+# the migration's rewrite of the partitions has run, so both cases are read.
+SQL_INSERT_ARTICLES_FROM_PARQUET = """
+    INSERT INTO articles BY NAME
+    SELECT * REPLACE (coalesce(version, 1) AS version, coalesce(article_key, article_id) AS article_key)
+    FROM read_parquet(?, hive_partitioning = true, union_by_name = true)
+"""
+SQL_INSERT_UNVERSIONED_ARTICLES_FROM_PARQUET = """
+    INSERT INTO articles BY NAME
+    SELECT *, 1 AS version, article_id AS article_key
+    FROM read_parquet(?, hive_partitioning = true, union_by_name = true)
+"""
 SQL_INSERT_SNAPSHOT = {t: f"INSERT INTO {t} BY NAME SELECT * FROM read_parquet(?)" for t in SNAPSHOT_TABLES}  # noqa: S608
 SQL_EXPORTED_BATCHES = "SELECT load_batch FROM load_batches WHERE exported"
 SQL_ALL_BATCHES = "SELECT load_batch FROM load_batches"
@@ -707,6 +720,15 @@ def _remove_db(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _insert_from_parquet(con: duckdb.DuckDBPyConnection, table: str, glob: str) -> str:
+    if table != "articles":
+        return SQL_INSERT_FROM_PARQUET[table]
+    columns = set(con.read_parquet(glob, hive_partitioning=True, union_by_name=True).columns)
+    if {"version", "article_key"} <= columns:
+        return SQL_INSERT_ARTICLES_FROM_PARQUET
+    return SQL_INSERT_UNVERSIONED_ARTICLES_FROM_PARQUET
+
+
 def rebuild_duckdb(
     data_dir: Path | str, *, recover_first: bool = True, keep_backup: bool = False
 ) -> RebuildReport:
@@ -746,7 +768,8 @@ def rebuild_duckdb(
         con.execute("BEGIN TRANSACTION")
         for t in APPEND_TABLES:
             if _has_parquet(data_dir, t):
-                con.execute(SQL_INSERT_FROM_PARQUET[t], [parquet_glob(data_dir, t)])
+                glob = parquet_glob(data_dir, t)
+                con.execute(_insert_from_parquet(con, t, glob), [glob])
         for t in SNAPSHOT_TABLES:
             if _has_parquet(data_dir, t):
                 con.execute(SQL_INSERT_SNAPSHOT[t], [parquet_glob(data_dir, t)])

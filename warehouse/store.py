@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from tasks.dedup import KnownKey
 from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
 from warehouse.lock import WriterLock
 from warehouse.stories import assign_story_ids, insert_story_index, reindex_articles
@@ -39,7 +40,7 @@ SELECT_ALL = {t: f"SELECT * FROM {t} ORDER BY 1" for t in SNAPSHOT_TABLES}  # no
 SQL_SEEN_ENTRY_KEYS = "SELECT entry_key FROM entries WHERE entry_key IN (SELECT unnest(?::VARCHAR[]))"
 SQL_KNOWN_URL_KEYS = """
     SELECT url_key AS key, coalesce(duplicate_of, article_id) AS original
-    FROM articles WHERE url_key IN (SELECT unnest(?::VARCHAR[]))
+    FROM articles WHERE url_key IN (SELECT unnest(?::VARCHAR[])) AND version = 1
     UNION ALL
     SELECT canonical_url AS key, coalesce(duplicate_of, article_id) AS original
     FROM articles WHERE canonical_url IN (SELECT unnest(?::VARCHAR[]))
@@ -54,6 +55,64 @@ SQL_KNOWN_HASHES = """
     WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))
     ORDER BY fetched_at, article_id
 """
+# Article versions (migration 007): what a page fetched again is compared with.
+SQL_LATEST_VERSIONS = """
+    SELECT url_key, article_id, article_key, version, content_hash,
+           max_by(story_id, version) FILTER (WHERE story_id IS NOT NULL) OVER (PARTITION BY url_key)
+    FROM articles WHERE url_key IN (SELECT unnest(?::VARCHAR[]))
+    QUALIFY row_number() OVER (PARTITION BY url_key ORDER BY version DESC) = 1
+"""
+# Every stored row carrying a dedup key, in the order they were stored, with its article_key: a
+# new version is compared with the other articles, not with its own versions.
+SQL_KNOWN_CANONICAL_ROWS = """
+    SELECT canonical_url, coalesce(duplicate_of, article_id), article_key FROM articles
+    WHERE canonical_url IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY fetched_at, article_id
+"""
+SQL_KNOWN_HASH_ROWS = """
+    SELECT content_hash, coalesce(duplicate_of, article_id), article_key FROM articles
+    WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY fetched_at, article_id
+"""
+SQL_ARTICLE_KEYS = (
+    "SELECT article_id, article_key FROM articles WHERE article_id IN (SELECT unnest(?::VARCHAR[]))"
+)
+# When each of these URLs was last fetched: its latest article version, or a later page fetch of
+# the same URL that brought no new version (backfill: a sitemap <lastmod> against it).
+SQL_LAST_FETCHED = """
+    SELECT url_key AS key, max(fetched_at) FROM articles WHERE url_key IN (SELECT unnest(?::VARCHAR[]))
+    GROUP BY url_key
+    UNION ALL
+    SELECT url AS key, max(fetched_at) FROM fetch_log
+    WHERE kind = 'page' AND status BETWEEN 200 AND 299 AND url IN (SELECT unnest(?::VARCHAR[]))
+    GROUP BY url
+"""
+# Stored entries seen again: the date their page was last judged by (updated, else published).
+SQL_ENTRY_DATES = """
+    SELECT entry_key, coalesce(updated_at, published_at) FROM entries
+    WHERE entry_key IN (SELECT unnest(?::VARCHAR[]))
+"""
+SQL_ENTRY_DAYS_OF = (
+    "SELECT DISTINCT ingest_date FROM entries WHERE entry_key IN (SELECT unnest(?::VARCHAR[]))"
+)
+# A stored entry whose page was fetched again: the entry as the feed shows it now; when its page
+# was fetched and the entry had not resolved to that URL before (it had failed, or its link moved),
+# it now resolves to that article.
+_RESOLVES_ANEW = (
+    "u.page_fetched AND (entries.status NOT IN ('fetched', 'duplicate') "
+    "OR entries.link_key IS DISTINCT FROM u.link_key)"
+)
+SQL_UPDATE_ENTRIES = f"""
+    UPDATE entries SET
+        guid = u.guid, link = u.link, link_key = u.link_key, title = u.title,
+        published_at = u.published_at, updated_at = u.updated_at, summary = u.summary,
+        author = u.author, categories = u.categories, enclosures = u.enclosures,
+        article_id = CASE WHEN {_RESOLVES_ANEW} THEN u.article_id ELSE entries.article_id END,
+        status = CASE WHEN {_RESOLVES_ANEW} THEN 'fetched' ELSE entries.status END,
+        duplicate_of = CASE WHEN {_RESOLVES_ANEW} THEN NULL ELSE entries.duplicate_of END,
+        duplicate_reason = CASE WHEN {_RESOLVES_ANEW} THEN NULL ELSE entries.duplicate_reason END
+    FROM entry_updates u WHERE entries.entry_key = u.entry_key
+"""  # noqa: S608 - a fixed condition, no values
 SQL_FEED_STATE = "SELECT feed_url, etag, last_modified, body_hash FROM feeds WHERE feed_url IN (SELECT unnest(?::VARCHAR[]))"
 SQL_FEED_ROW = "SELECT * FROM feeds WHERE feed_url = ?"
 SQL_FEED_ROWS = "SELECT * FROM feeds WHERE feed_url IN (SELECT unnest(?::VARCHAR[]))"
@@ -202,6 +261,48 @@ class Warehouse:
             out.setdefault(key, original)
         return out
 
+    def known_canonical_rows(self, urls: Sequence[str]) -> dict[str, list[KnownKey]]:
+        return self._rows_by_key(SQL_KNOWN_CANONICAL_ROWS, urls)
+
+    def known_hash_rows(self, hashes: Sequence[str]) -> dict[str, list[KnownKey]]:
+        return self._rows_by_key(SQL_KNOWN_HASH_ROWS, hashes)
+
+    def _rows_by_key(self, sql: str, keys: Sequence[str]) -> dict[str, list[KnownKey]]:
+        if not keys:
+            return {}
+        out: dict[str, list[KnownKey]] = {}
+        for key, original, article_key in self.con.execute(sql, [list(keys)]).fetchall():
+            out.setdefault(key, []).append(KnownKey(original, article_key))
+        return out
+
+    def article_keys(self, article_ids: Sequence[str]) -> dict[str, str]:
+        """article_id -> article_key (the id of the article's first version)."""
+        if not article_ids:
+            return {}
+        return dict(self.con.execute(SQL_ARTICLE_KEYS, [list(article_ids)]).fetchall())
+
+    def latest_versions(self, url_keys: Sequence[str]) -> dict[str, tuple]:
+        """url_key -> (article_id, article_key, version, content_hash, story_id) of the latest
+        stored version; story_id is that of the latest version that has one."""
+        if not url_keys:
+            return {}
+        return {r[0]: r[1:] for r in self.con.execute(SQL_LATEST_VERSIONS, [list(url_keys)]).fetchall()}
+
+    def last_fetched(self, url_keys: Sequence[str], urls: Sequence[str]) -> dict[str, datetime]:
+        """When each URL key (its latest version) or URL (a page fetch) was last fetched."""
+        if not url_keys and not urls:
+            return {}
+        out: dict[str, datetime] = {}
+        for key, at in self.con.execute(SQL_LAST_FETCHED, [list(url_keys), list(urls)]).fetchall():
+            out[key] = max(at, out.get(key, at))
+        return out
+
+    def entry_dates(self, keys: Sequence[str]) -> dict[str, datetime | None]:
+        """Stored entries among ``keys`` -> their date (updated, else published; None without)."""
+        if not keys:
+            return {}
+        return dict(self.con.execute(SQL_ENTRY_DATES, [list(keys)]).fetchall())
+
     def feed_validators(self, urls: Sequence[str]) -> dict[str, tuple[str | None, str | None, str | None]]:
         if not urls:
             return {}
@@ -228,13 +329,27 @@ class Warehouse:
     def load_batch(
         self, load_batch: str, run_id: str, rows: Mapping[str, Sequence[Mapping]]
     ) -> dict[str, int]:
-        """Insert one batch in one transaction, then export it as Parquet. Returns row counts."""
+        """Insert one batch in one transaction, then export it as Parquet. Returns row counts.
+
+        ``rows["entry_updates"]`` (entry rows plus ``page_fetched``): stored entries whose page was
+        fetched again, updated in place in the same transaction; their ``entries`` partitions are
+        then rewritten (named ``entries@<day>`` in ``load_batches``, like a re-extraction's)."""
+        for row in rows.get("articles", ()):
+            # A row that does not say otherwise is an article's first version.
+            row.setdefault("version", 1)
+            row.setdefault("article_key", row["article_id"])
         # Story identity: fills story_id on the article rows (indexed lookups, not a scan).
         story_index_rows = assign_story_ids(self.con, rows.get("articles", ()))
         tables = {t: self.to_arrow(t, rows.get(t, [])) for t in APPEND_TABLES}
         present = [t for t in APPEND_TABLES if tables[t].num_rows]
-        if not present:
+        entry_updates = self._entry_updates(rows.get("entry_updates", ()))
+        if not present and entry_updates is None:
             return {}
+        rewritten: list[str] = []
+        if entry_updates is not None:
+            keys = entry_updates.column("entry_key").to_pylist()
+            days = sorted(r[0].isoformat() for r in self.con.execute(SQL_ENTRY_DAYS_OF, [keys]).fetchall())
+            rewritten = [f"entries{PARTITION_MARK}{d}" for d in days]
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
@@ -244,14 +359,29 @@ class Warehouse:
                     con.execute(INSERT_BY_NAME[t])
                 finally:
                     con.unregister("incoming")
+            if entry_updates is not None:
+                con.register("entry_updates", entry_updates)
+                try:
+                    con.execute(SQL_UPDATE_ENTRIES)
+                finally:
+                    con.unregister("entry_updates")
             insert_story_index(con, story_index_rows)
-            con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), present])
+            con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), present + rewritten])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._export_batch(load_batch, present, tables)
-        return {t: tables[t].num_rows for t in present}
+        self._export_batch(load_batch, present + rewritten, tables)
+        counts = {t: tables[t].num_rows for t in present}
+        if entry_updates is not None:
+            counts["entries_updated"] = entry_updates.num_rows
+        return counts
+
+    def _entry_updates(self, rows: Sequence[Mapping]) -> pa.Table | None:
+        if not rows:
+            return None
+        schema = self._schema("entries").append(pa.field("page_fetched", pa.bool_()))
+        return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
 
     def _export_append(self, table: str, load_batch: str, data: pa.Table) -> None:
         by_date: dict[str, list[int]] = defaultdict(list)

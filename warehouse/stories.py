@@ -56,6 +56,16 @@ SQL_CANONICAL_ORDER = """
     SELECT article_id, coalesce(published_at, fetched_at) AS placed_at, story_id
     FROM articles ORDER BY placed_at, article_id
 """
+# Recluster's order: canonical order, except that a later version of an article never comes
+# before its earlier versions (it takes their story): its time is the latest of theirs and its own.
+SQL_RECLUSTER_ORDER = """
+    SELECT article_id,
+           max(coalesce(published_at, fetched_at)) OVER (
+               PARTITION BY article_key ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+           ) AS placed_at,
+           story_id, article_key, version
+    FROM articles ORDER BY placed_at, version, article_id
+"""
 SQL_TEXTS = "SELECT a.article_id, a.text FROM story_keys k JOIN articles a ON a.article_id = k.key"
 SQL_UPDATE_STORIES = (
     "UPDATE articles SET story_id = u.story_id FROM story_updates u WHERE articles.article_id = u.article_id"
@@ -137,8 +147,10 @@ def place(
     batch: Sequence[StoryArticle],
     params: StoryParams = PARAMS,
     story_of: Mapping[str, str] | None = None,
+    kept_story: Mapping[str, str] | None = None,
 ):
-    """Fingerprint ``batch``, find its candidates in the index, and place it (tasks.stories)."""
+    """Fingerprint ``batch``, find its candidates in the index, and place it (tasks.stories).
+    ``kept_story``: articles whose story is already decided (later versions of an article)."""
     fps: dict[str, Fingerprint | None] = {a.article_id: fingerprint(a.text, params) for a in batch}
     found = postings(con, (b for fp in fps.values() if fp is not None for b in fp.bands))
     candidates = {
@@ -147,7 +159,7 @@ def place(
         if fp is not None
     }
     stored = stored_articles(con, (c for cs in candidates.values() for c in cs), params, story_of)
-    return assign_batch(batch, fps, candidates, stored, params)
+    return assign_batch(batch, fps, candidates, stored, params, kept_story)
 
 
 def assign_story_ids(
@@ -155,14 +167,23 @@ def assign_story_ids(
 ) -> list[IndexRow]:
     """Fill ``story_id`` in each article row (dicts with article_id, text, published_at,
     fetched_at) and return the ``story_index`` rows to insert with them, in the same transaction
-    (:func:`insert_story_index`). Reads only; call it before the rows are turned into Arrow."""
+    (:func:`insert_story_index`). Reads only; call it before the rows are turned into Arrow.
+
+    A row of a later version (``version`` > 1) that comes with a ``story_id`` (its earlier
+    versions') keeps it, whatever its text; its band keys are indexed all the same, so that later
+    copies of the new text find the story."""
     if not article_rows:
         return []
     batch = [
         StoryArticle(r["article_id"], _utc(r.get("published_at") or r.get("fetched_at")), r.get("text"))
         for r in article_rows
     ]
-    placements = {p.article_id: p for p in place(con, batch, params)}
+    kept = {
+        r["article_id"]: r["story_id"]
+        for r in article_rows
+        if (r.get("version") or 1) > 1 and r.get("story_id")
+    }
+    placements = {p.article_id: p for p in place(con, batch, params, kept_story=kept)}
     index_rows: list[IndexRow] = []
     for row in article_rows:
         p = placements[row["article_id"]]
@@ -242,6 +263,9 @@ def recluster(wh, run_id: str, load_batch: str, params: StoryParams = PARAMS) ->
     placed by the same function as at load time against the ones before it. Idempotent: with the
     same texts and parameters nothing changes and nothing is rewritten.
 
+    A later version of an article keeps the story of its earlier versions (as at load time): the
+    versions of an article are replayed in version order, each after the one before.
+
     One transaction: the index is rebuilt, the changed story_ids are updated and a ``load_batches``
     row names the ``articles`` partitions to rewrite (``articles@<day>``), which are then rewritten
     from DuckDB (a crash in between is repaired by ``Warehouse.recover``). Hold the writer lock.
@@ -251,18 +275,25 @@ def recluster(wh, run_id: str, load_batch: str, params: StoryParams = PARAMS) ->
     report = ReclusterReport()
     con.execute("BEGIN TRANSACTION")
     try:
-        order = con.execute(SQL_CANONICAL_ORDER).fetchall()
-        old = {article_id: story_id for article_id, _, story_id in order}
+        order = con.execute(SQL_RECLUSTER_ORDER).fetchall()
+        old = {article_id: story_id for article_id, _, story_id, _, _ in order}
         con.execute(SQL_CLEAR_INDEX)
         new: dict[str, str] = {}
-        for start in range(0, len(order), CHUNK):
-            chunk = order[start : start + CHUNK]
+        story_of_article: dict[str, str] = {}  # article_key -> the story of its versions so far
+        for chunk in _version_safe_chunks(order):
             texts = dict(_texts(con, [r[0] for r in chunk]))
-            batch = [StoryArticle(a, _utc(t), texts.get(a)) for a, t, _ in chunk]
+            batch = [StoryArticle(a, _utc(t), texts.get(a)) for a, t, _, _, _ in chunk]
+            kept = {
+                a: story_of_article[key]
+                for a, _, _, key, version in chunk
+                if version > 1 and key in story_of_article
+            }
+            key_of = {a: key for a, _, _, key, _ in chunk}
             index_rows: list[IndexRow] = []
-            for p in place(con, batch, params, story_of=new):
+            for p in place(con, batch, params, story_of=new, kept_story=kept):
                 if p.story_id is not None:
                     new[p.article_id] = p.story_id
+                    story_of_article[key_of[p.article_id]] = p.story_id
                 index_rows.extend((band, p.article_id) for band in p.bands)
             report.index_rows += insert_story_index(con, index_rows)
         changed = sorted(a for a in old if new.get(a) != old[a])
@@ -292,11 +323,27 @@ def recluster(wh, run_id: str, load_batch: str, params: StoryParams = PARAMS) ->
     return report
 
 
+def _version_safe_chunks(order: Sequence[tuple]) -> Iterator[Sequence[tuple]]:
+    """Chunks of at most CHUNK rows (article_id, time, story_id, article_key, version) in which no
+    article has two versions: a later version is placed once its earlier one has its story."""
+    chunk: list[tuple] = []
+    keys: set[str] = set()
+    for row in order:
+        if len(chunk) >= CHUNK or row[3] in keys:
+            yield chunk
+            chunk, keys = [], set()
+        chunk.append(row)
+        keys.add(row[3])
+    if chunk:
+        yield chunk
+
+
 def story_views_sql() -> str:
-    """The ``story_articles`` and ``stories`` views as migration 003 creates them, for a connection
-    over the Parquet files (``warehouse.queries.parquet_connection``, while a writer holds DuckDB)."""
-    sql = files("warehouse").joinpath("migrations", "003_stories.sql").read_text()
-    return sql[sql.index("CREATE VIEW story_articles") :]
+    """The ``articles_latest``, ``story_articles`` and ``stories`` views as migration 007 creates
+    them, for a connection over the Parquet files (``warehouse.queries.parquet_connection``,
+    while a writer holds DuckDB)."""
+    sql = files("warehouse").joinpath("migrations", "007_article_versions.sql").read_text()
+    return sql[sql.index("CREATE VIEW articles_latest") :]
 
 
 def create_story_views(con: duckdb.DuckDBPyConnection) -> bool:
