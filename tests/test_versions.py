@@ -4,7 +4,6 @@ entry <updated> change between polls, real DuckDB and Parquet read back."""
 
 from __future__ import annotations
 
-import inspect
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -72,8 +71,7 @@ def poll(vs: VersionSite, data: Path) -> dict:
     from flows.poll import poll_flow
 
     # Every listed feed, due or not (the per-feed schedule would skip a feed polled seconds ago).
-    every = {"all_feeds": True} if "all_feeds" in inspect.signature(poll_flow.fn).parameters else {}
-    return poll_flow(feeds_file=str(vs.feeds_file), data_dir=str(data), **every)
+    return poll_flow(feeds_file=str(vs.feeds_file), data_dir=str(data), all_feeds=True)
 
 
 def backfill(data: Path, **kwargs) -> dict:
