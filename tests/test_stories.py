@@ -405,7 +405,8 @@ def test_the_documented_queries_run_as_written(tmp_path, demo):
     queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     assert len(queries) >= 4
     first, second = two_batches(demo)
-    today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    # the first minutes of today (UTC): "today" for the query at any hour, 00:xx included
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     second = [(k, text, today + timedelta(minutes=i), host) for i, (k, text, _, host) in enumerate(second)]
     with Warehouse(tmp_path / "data") as wh:
         load(wh, "b1", article_rows(first, "b1"))
