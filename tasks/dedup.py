@@ -49,12 +49,11 @@ def canonicalize_url(url: str | None) -> str | None:
         if original.scheme.lower() not in ("http", "https") or not original.hostname:
             return None
         original.port  # noqa: B018 - ValueError on a port that is no port (":99999", ":8a")
-        # Handed the split URL, courlan does not HTML-unescape it first ("&#35;" is no fragment)
-        parts = urlsplit(normalize_url(original))
-        if re.search(r"[\[\]]", original.netloc.rpartition("@")[2]):
-            netloc, port = _ipv6_netloc(original)
-        else:
-            netloc, port = parts.netloc, parts.port
+        # Handed the split URL, courlan does not HTML-unescape it first ("&#35;" is no fragment).
+        # An IPv6 literal is not handed over at all: courlan cuts ":80" out of "[2620:4f:8000::1]".
+        bracketed = re.search(r"[\[\]]", original.netloc.rpartition("@")[2]) is not None
+        parts = urlsplit(normalize_url(original._replace(netloc="ipv6.invalid") if bracketed else original))
+        netloc, port = _ipv6_netloc(original) if bracketed else (parts.netloc, parts.port)
     except (ValueError, AttributeError):
         return None
     # No server has such a name (controls, spaces, or what punycode decoded into URL syntax):
@@ -82,7 +81,7 @@ def canonicalize_url(url: str | None) -> str | None:
 
 def _ipv6_netloc(original: SplitResult) -> tuple[str, int | None]:
     """The netloc of an IPv6 literal, built here: courlan keeps ``[::1]:80`` and cuts ``:80`` out of
-    ``[::1:80]:80`` (another host). ValueError unless the host is one bracketed IPv6 address
+    ``[::1:80]`` (another host). ValueError unless the host is one bracketed IPv6 address
     (``e.x[::1]-y`` is none: urlsplit would take ``::1`` for its host)."""
     userinfo, at, host_and_port = original.netloc.rpartition("@")
     if not host_and_port.startswith("["):
