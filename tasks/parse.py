@@ -209,13 +209,16 @@ def _drop_unknown_declared_encoding(body: bytes) -> bytes:
 
 def _parse_xml_feed(body: bytes, url: str, headers: dict[str, str]) -> ParsedFeed:
     utf8 = _wide_as_utf8(body)
-    response_headers = {"content-location": url}
-    if "content-type" in headers:
-        response_headers["content-type"] = headers["content-type"]
-        if utf8 is not None:  # the BOM named the encoding, and the bytes are UTF-8 now
-            response_headers["content-type"] = (
-                _CHARSET_PARAM.sub("", headers["content-type"]) + "; charset=utf-8"
-            )
+    # A response without a Content-Type is read as application/xml (BOM, declaration, else UTF-8):
+    # with none at all feedparser takes it for ISO-8859-1, BOM or not ("Å" came back "Ã").
+    response_headers = {
+        "content-location": url,
+        "content-type": headers.get("content-type", "application/xml"),
+    }
+    if utf8 is not None:  # the BOM named the encoding, and the bytes are UTF-8 now
+        response_headers["content-type"] = (
+            _CHARSET_PARAM.sub("", response_headers["content-type"]) + "; charset=utf-8"
+        )
     clean = _sanitize_xml(body if utf8 is None else utf8, response_headers)
     # Decoded already: feedparser must read these bytes as the UTF-8 they are (with the original
     # charset it would decode them a second time, and a "+ADw-" in the text would become markup).

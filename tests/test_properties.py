@@ -216,6 +216,7 @@ WIDE_ENCODINGS = {
     declared=st.sampled_from(("same", "none", "UTF-8", "bogus")),
     content_type=st.sampled_from((None, "application/rss+xml", "text/xml; charset=utf-8")),
 )
+@example(title="Å", encoding="utf-16-be", declared="none", content_type=None)  # read as "Ã…"
 def test_feeds_with_a_bom_decode_by_it(title: str, encoding: str, declared: str, content_type: str | None):
     name = {"same": encoding.split("-le")[0].split("-be")[0].upper(), "UTF-8": "UTF-8", "bogus": "x-nope"}
     declaration = "" if declared == "none" else f'<?xml version="1.0" encoding="{name[declared]}"?>'
@@ -384,6 +385,7 @@ def equivalent_urls(draw) -> tuple[str, str]:
 @examples(200)
 @given(urls=equivalent_urls())
 @example(urls=("http://[::1]/a", "HTTP://[::1]:80/a#f"))
+@example(urls=("http://[2620:4f:8000:0:1:0:1:0]/", "http://[2620:4f:8000:0:1:0:1:0]:80/"))  # ":80" in 8000
 def test_canonical_url_ignores_what_does_not_name_the_article(urls: tuple[str, str]):
     plain, other = urls
     canonical = check_canonical_url(plain)
