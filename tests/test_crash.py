@@ -5,8 +5,11 @@ inside a DuckDB transaction, while writing Parquet), and the invariants after ea
   ``read_parquet('<table>/*/*.parquet')`` works;
 - no committed row is lost: what DuckDB held after one kill it still holds after the next;
 - none is duplicated, in DuckDB or in Parquet;
-- the next run completes, repairs what the killed one left (unexported batches, temporary files),
-  and the warehouse ends equal to one clean run's.
+- the next run completes, repairs what the killed one left (unexported batches, temporary files,
+  secondary indexes), and the warehouse ends equal to one clean run's.
+
+Each killed run has fresh pages to work on (the site publishes a new set before each run), so
+every kill lands somewhere in the middle of real work, however fast or slow the machine is.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 from builders import RSS, feeds_toml, make_story, page_route, rss_feed
 from conftest import subprocess_env
 
@@ -29,8 +31,8 @@ from newsflow.loopback import Route
 from warehouse.files import TMP_SUFFIX
 
 NEWSFLOW = [sys.executable, "-m", "newsflow.cli"]
-PAGES = 24
-KILLS = 6
+PAGES_PER_RUN = 8
+KILLS = 5
 
 
 def _rows(data_dir: Path, sql: str) -> list[tuple]:
@@ -44,9 +46,8 @@ def _rows(data_dir: Path, sql: str) -> list[tuple]:
 def _invariants(data_dir: Path, before: set[str]) -> set[str]:
     """Check what a reader sees after a kill; returns the article ids committed so far."""
     parquet = data_dir / "parquet"
-    visible = sorted(parquet.rglob("*.parquet")) if parquet.exists() else []
-    for f in visible:  # each file a reader's glob can see is whole
-        pq.read_metadata(f)
+    for f in sorted(parquet.rglob("*.parquet")) if parquet.exists() else []:
+        pq.read_metadata(f)  # each file a reader's glob can see is whole
     stored: set[str] = set()
     if (data_dir / "newsflow.duckdb").exists():
         ids = [r[0] for r in _rows(data_dir, "SELECT article_id FROM articles")]
@@ -59,7 +60,9 @@ def _invariants(data_dir: Path, before: set[str]) -> set[str]:
         con = duckdb.connect()
         try:
             glob = str(parquet / "articles" / "*" / "*.parquet")
-            in_parquet = [r[0] for r in con.execute("SELECT article_id FROM read_parquet(?)", [glob]).fetchall()]
+            in_parquet = [
+                r[0] for r in con.execute("SELECT article_id FROM read_parquet(?)", [glob]).fetchall()
+            ]
         finally:
             con.close()
         assert len(in_parquet) == len(set(in_parquet)), "an article twice in Parquet"
@@ -67,48 +70,68 @@ def _invariants(data_dir: Path, before: set[str]) -> set[str]:
     return stored
 
 
-@pytest.fixture
-def crash_site(site):
-    stories = [make_story(i, seed=11) for i in range(PAGES)]
-    for s in stories:
-        # slow enough that a run spends several seconds fetching, extracting and loading
-        site.routes[f"/a/{s.slug}.html"] = page_route(s)
-        site.routes[f"/a/{s.slug}.html"].delay = 0.08
-    site.routes["/rss.xml"] = Route(
-        body=rss_feed([(s, site.url(f"/a/{s.slug}.html"), s.slug) for s in stories]), content_type=RSS
-    )
-    site.stories = stories
-    return site
+class Publisher:
+    """The site's pages so far, a new set published per run; the feed and a URL list of all."""
 
+    def __init__(self, site, tmp_path: Path):
+        self.site, self.stories = site, []
+        self.feeds = tmp_path / "feeds.toml"
+        self.feeds.write_text(feeds_toml([site.url("/rss.xml")]))
+        self.urls = tmp_path / "urls.txt"
 
-def test_killed_at_random_moments_nothing_lost_nothing_torn_nothing_twice(prefect_api, tmp_path, crash_site):
-    feeds = tmp_path / "feeds.toml"
-    feeds.write_text(feeds_toml([crash_site.url("/rss.xml")]))
-    urls = tmp_path / "urls.txt"
-    urls.write_text("\n".join(crash_site.url(f"/a/{s.slug}.html") for s in crash_site.stories) + "\n")
+    def url(self, story) -> str:
+        return self.site.url(f"/a/{story.slug}.html")
 
-    def command(data: Path, kind: str) -> list[str]:
+    def publish_more(self, n: int) -> None:
+        start = len(self.stories)
+        for i in range(start, start + n):
+            s = make_story(i, seed=11)
+            self.site.routes[f"/a/{s.slug}.html"] = page_route(s)
+            self.site.routes[f"/a/{s.slug}.html"].delay = 0.08  # a run spends seconds on its pages
+            self.stories.append(s)
+        items = [(s, self.url(s), s.slug) for s in self.stories]
+        self.site.routes["/rss.xml"] = Route(body=rss_feed(items), content_type=RSS)
+        self.urls.write_text("\n".join(self.url(s) for s in self.stories) + "\n")
+
+    def page_hits(self) -> int:
+        return sum(n for path, n in self.site.hits.items() if path.startswith("/a/"))
+
+    def command(self, data: Path, kind: str) -> list[str]:
         if kind == "poll":
-            return NEWSFLOW + ["poll", "--all", "--feeds", str(feeds), "--data-dir", str(data)]
-        return NEWSFLOW + ["backfill", "--urls", str(urls), "--data-dir", str(data)]
+            return NEWSFLOW + ["poll", "--all", "--feeds", str(self.feeds), "--data-dir", str(data)]
+        return NEWSFLOW + ["backfill", "--urls", str(self.urls), "--data-dir", str(data)]
 
-    # One clean run: the reference, and how long a run takes here.
-    clean = tmp_path / "clean"
-    env_clean = subprocess_env(prefect_api, clean, NEWSFLOW_BATCH_SIZE="3")
-    started = time.monotonic()
-    done = subprocess.run(command(clean, "poll"), env=env_clean, capture_output=True, text=True, timeout=300)
-    duration = time.monotonic() - started
-    assert done.returncode == 0, done.stderr
 
+def test_killed_at_random_moments_nothing_lost_nothing_torn_nothing_twice(prefect_api, tmp_path, site):
+    pub = Publisher(site, tmp_path)
     data = tmp_path / "data"
     env = subprocess_env(prefect_api, data, NEWSFLOW_BATCH_SIZE="3")
+
+    # A first run, not killed: how long a run works on its pages here, from its first page request.
+    pub.publish_more(PAGES_PER_RUN)
+    proc = subprocess.Popen(
+        pub.command(data, "poll"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    while pub.page_hits() == 0 and proc.poll() is None:
+        time.sleep(0.02)
+    first_page = time.monotonic()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    working = time.monotonic() - first_page
+    committed = _invariants(data, set())
+
     rng = random.Random(20261130)
-    committed: set[str] = set()
     killed = 0
     for n in range(KILLS):
-        kind = "poll" if n % 2 == 0 else "backfill"
-        proc = subprocess.Popen(command(data, kind), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, 1.0) * duration)
+        pub.publish_more(PAGES_PER_RUN)
+        hits = pub.page_hits()
+        kind = "backfill" if n % 2 == 0 else "poll"
+        proc = subprocess.Popen(
+            pub.command(data, kind), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while pub.page_hits() == hits and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0) * working)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             killed += 1
@@ -117,17 +140,30 @@ def test_killed_at_random_moments_nothing_lost_nothing_torn_nothing_twice(prefec
         committed = _invariants(data, committed)
     assert killed >= KILLS // 2, f"only {killed} of {KILLS} runs were still going when killed"
 
-    # The next runs complete and repair; the warehouse equals the clean run's.
+    # The next runs complete and repair; the warehouse equals a clean run's over the same site.
     for kind in ("backfill", "poll"):
-        done = subprocess.run(command(data, kind), env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(pub.command(data, kind), env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
     committed = _invariants(data, committed)
-    assert len(committed) == PAGES
+    assert len(committed) == len(pub.stories)
     assert not list(data.rglob(f"*{TMP_SUFFIX}")), "orphaned temporary files left behind"
     check = subprocess.run(
-        NEWSFLOW + ["warehouse", "check", "--data-dir", str(data)], env=env, capture_output=True, text=True, timeout=120
+        NEWSFLOW + ["warehouse", "check", "--data-dir", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    clean = tmp_path / "clean"
+    done = subprocess.run(
+        pub.command(clean, "poll"),
+        env=subprocess_env(prefect_api, clean),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
     query = "SELECT url_key, content_hash, title, text FROM articles ORDER BY url_key"
     assert _rows(data, query) == _rows(clean, query)
