@@ -89,6 +89,16 @@ def test_disk_full_fails_cleanly_and_the_next_run_completes(prefect_api, tmp_pat
     feeds_raw = {r[0] for r in _rows(data, "SELECT DISTINCT raw_path FROM fetch_log WHERE raw_path IS NOT NULL")}
     assert on_disk <= referenced | feeds_raw, f"raw files no row refers to: {sorted(on_disk - referenced - feeds_raw)}"
 
+    # A backfill on the full disk stops the same way.
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(site.url(f"/a/{s.slug}.html") for s in more) + "\n")
+    done = subprocess.run(
+        NEWSFLOW + ["backfill", "--urls", str(urls), "--data-dir", str(data)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == EX_IOERR, (done.returncode, done.stderr[-3000:])
+    assert any(line.startswith("newsflow: the warehouse's disk is full") for line in done.stderr.splitlines())
+
     # Space again: the next run completes and the warehouse is whole and consistent.
     subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
     done = subprocess.run(poll, env=env, capture_output=True, text=True, timeout=300)

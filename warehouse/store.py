@@ -199,7 +199,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
             con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, datetime.now(UTC)])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         done.append(name)
     return done
@@ -209,6 +209,16 @@ def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path), read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back after a failed statement or COMMIT. A COMMIT that fails (a full disk, say) has
+    already ended the transaction: DuckDB's "no transaction is active" must not hide why."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 # Present while a writer has the database open; still there at the next open: the writer died.
@@ -410,7 +420,7 @@ class Warehouse:
             con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), present + rewritten])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         self._export_batch(load_batch, present + rewritten, tables)
         counts = {t: tables[t].num_rows for t in present}
@@ -467,7 +477,7 @@ class Warehouse:
                     con.unregister("incoming")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
 
     def record_run(self, row: Mapping) -> None:
@@ -554,7 +564,7 @@ class Warehouse:
             con.execute(SQL_INSERT_BATCH, [load_batch, run_id, datetime.now(UTC), tables])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         self._export_batch(load_batch, tables, {"extraction_history": hist})
         return len(updates)
