@@ -296,10 +296,44 @@ def _run_extract(job) -> dict:
     return {"error": got.error, "text_chars": len(got.text or "")}
 
 
+def _prepare_extract_each(args: dict):
+    from tasks.extract import ExtractJob
+
+    _prepare_extract({"path": args["jobs"][0]["path"], "url": "http://w.example/"})
+    return [
+        ExtractJob(str(n), j["url"], Path(j["path"]).read_bytes(), j.get("content_type"))
+        for n, j in enumerate(args["jobs"])
+    ]
+
+
+def _run_extract_each(jobs) -> list[dict]:
+    """Each page on its own: time, and peak memory above the resident size before it (the peak
+    is reset between pages through /proc/self/clear_refs)."""
+    from tasks.extract import extract_article
+
+    out = []
+    for job in jobs:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # VmHWM := VmRSS
+        before = _status_kb("VmRSS")
+        started = time.monotonic()
+        got = extract_article(job)
+        out.append(
+            {
+                "error": got.error,
+                "text_chars": len(got.text or ""),
+                "elapsed_s": time.monotonic() - started,
+                "peak_growth_mb": max(0, _status_kb("VmHWM") - before) / 1024,
+            }
+        )
+    return out
+
+
 _CASES: dict[str, tuple[Callable, Callable]] = {
     "fetch": (_prepare_fetch, _run_fetch),
     "parse": (_prepare_parse, _run_parse),
     "extract": (_prepare_extract, _run_extract),
+    "extract_each": (_prepare_extract_each, _run_extract_each),
 }
 
 
