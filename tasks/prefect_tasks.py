@@ -223,6 +223,7 @@ def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, st
                 "feeds_listed", "feeds_due", "feeds_polled", "feeds_not_modified", "feeds_failed",
                 "feeds_backed_off", "feeds_dead", "feeds_retired", "new_entries",
                 "pages_fetched", "pages_failed", "articles_extracted", "duplicates",
+                "entries_left_for_next_run", "skipped_known", "new_versions", "refetched_unchanged",
             )},
         }
     )  # fmt: skip

@@ -390,7 +390,7 @@ def test_the_migration_upgrades_an_old_warehouse_keeping_its_rows(tmp_path, monk
 
     with Warehouse(data) as wh:
         applied = wh.con.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-        assert applied[-1] == (7,)
+        assert (7,) in applied
         rows = wh.con.execute(
             "SELECT * EXCLUDE (version, article_key) FROM articles ORDER BY article_id"
         ).fetchall()
