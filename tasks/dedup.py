@@ -281,6 +281,7 @@ class EntryPlan:
     known: list[tuple[PlannedEntry, str]]  # entries whose link is already stored -> that article
     no_link: list[PlannedEntry]
     skipped_over_limit: int  # new entries left for the next run (max_entries_per_feed)
+    feeds_over_limit: frozenset[str] = frozenset()  # the feeds those entries belong to
 
 
 def keyed_entries(feeds: Iterable[tuple[str, Iterable[FeedEntry]]]) -> list[PlannedEntry]:
@@ -321,6 +322,7 @@ def plan_entries(
     known: list[tuple[PlannedEntry, str]] = []
     no_link: list[PlannedEntry] = []
     skipped = 0
+    over_limit: set[str] = set()
     for p in candidates:
         seen = p.entry_key in seen_entry_keys
         moved = refetch or entry_moved(p.entry, stored_dates.get(p.entry_key))
@@ -328,6 +330,7 @@ def plan_entries(
             continue
         if per_feed.get(p.feed_url, 0) >= max_per_feed:
             skipped += 1
+            over_limit.add(p.feed_url)
             continue
         per_feed[p.feed_url] = per_feed.get(p.feed_url, 0) + 1
         if seen:
@@ -351,7 +354,9 @@ def plan_entries(
         )
         for key in dict.fromkeys([*pages, *refreshed])
     ]
-    return EntryPlan(pages=jobs, known=known, no_link=no_link, skipped_over_limit=skipped)
+    return EntryPlan(
+        pages=jobs, known=known, no_link=no_link, skipped_over_limit=skipped, feeds_over_limit=frozenset(over_limit)
+    )
 
 
 def entry_date(entry: FeedEntry) -> datetime | None:

@@ -160,11 +160,12 @@ def load_feeds(
     for p in [*(p for p, _ in plan.known), *plan.no_link]:
         new_per_feed[p.feed_url] = new_per_feed.get(p.feed_url, 0) + 1
     # An entry whose page failed for a transient reason (timeout, 5xx, robots.txt unavailable...)
-    # was not recorded: its feed keeps its old validators, so the next poll reads the document
-    # again (a 304 or the same bytes would skip it) and tries the page again.
+    # was not recorded, and entries over the per-feed limit were left for later: their feeds keep
+    # their old validators, so the next poll reads the document again (a 304 or the same bytes
+    # would skip it) and takes them.
     planned = [p for job in plan.pages for p in job.entries]
     recorded = wh.seen_entry_keys([p.entry_key for p in planned])
-    to_retry = {p.feed_url for p in planned if p.entry_key not in recorded}
+    to_retry = {p.feed_url for p in planned if p.entry_key not in recorded} | plan.feeds_over_limit
     specs = {s.url: s for s in due.due}
     previous = wh.feed_rows(list(specs))
     feed_rows, events = load.feed_rows(

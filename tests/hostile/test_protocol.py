@@ -197,12 +197,6 @@ def enormous_feed(n: int, base: str) -> bytes:
     return rss(items).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entries over NEWSFLOW_MAX_ENTRIES_PER_FEED are not taken by the next poll while the "
-    "feed is unchanged: the feed's validators and body hash are stored, the next poll gets a 304 "
-    "(or the same bytes) and parses nothing (see the report of issue 6)",
-)
 def test_an_enormous_feed_is_taken_a_bounded_number_of_entries_per_run(
     prefect_api, newsflow_env, tmp_path, monkeypatch, site
 ):
