@@ -133,7 +133,7 @@ def _run(
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
     report = _progress_reporter(logger)
-    with ExtractorPool(settings.extract_workers) as pool:
+    with ExtractorPool(settings.extract_workers, settings.extract_timeout) as pool:
         process_pages(jobs, settings, pool, ctx, summary, session, skip_known=True, progress=report)
     with session() as wh:
         if fetches:

@@ -74,7 +74,7 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
             logger.error(str(exc))
             return Failed(name=BUSY_STATE, message=str(exc))
         wh = stack.enter_context(Warehouse(settings.data_dir))
-        pool = stack.enter_context(ExtractorPool(settings.extract_workers))
+        pool = stack.enter_context(ExtractorPool(settings.extract_workers, settings.extract_timeout))
         repaired = wh.recover()
         if any(repaired.values()):
             logger.warning("repaired what an interrupted run left behind: %s", repaired)

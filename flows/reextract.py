@@ -30,7 +30,7 @@ def reextract_articles(
         candidates = t.select_reextraction(wh, since, until, feed_url)
     counts = {"articles_considered": len(candidates), "articles_changed": 0, "raw_missing": 0}
     done = 0
-    with ExtractorPool(settings.extract_workers) as pool:
+    with ExtractorPool(settings.extract_workers, settings.extract_timeout) as pool:
         for batch in chunks(candidates, settings.batch_size):
             jobs, missing = t.read_raw_pages(settings.data_dir, batch)
             counts["raw_missing"] += len(missing)

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     max_entries_per_feed: int = 200  # new entries taken from one feed per run; the rest next run
     batch_size: int = 200  # pages fetched, extracted and loaded per transaction
     extract_workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    extract_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds one page may take to extract; a page over it is given up with an "
+        "extraction error (its worker process is killed) and the run goes on. 0: no limit, and "
+        "with one worker the extraction then runs in the flow's own process.",
+    )
 
     # Retention (the maintenance flow): days of raw archive (WARC) to keep; None keeps everything.
     # Articles are never pruned; an article whose raw page is gone can no longer be re-extracted.

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cache
@@ -199,14 +199,21 @@ def _ready() -> bool:
 
 
 class ExtractorPool:
-    """A process pool sized to the cores, kept for a whole run (start-up is paid once)."""
+    """A process pool sized to the cores, kept for a whole run (start-up is paid once).
 
-    def __init__(self, workers: int):
+    ``timeout`` bounds the extraction of one page, in seconds (None or 0: no bound). Some pages
+    take trafilatura minutes to hours (one element with thousands of attributes grows with the
+    square of its size; 250,000 tiny paragraphs): such a page is stopped by killing the worker
+    that holds it, recorded with an extraction error, and the rest of the batch goes on. A bound
+    needs worker processes, so with a timeout even one worker runs in a process of its own."""
+
+    def __init__(self, workers: int, timeout: float | None = None):
         self.workers = max(1, workers)
+        self.timeout = timeout or None
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ExtractorPool:
-        if self.workers > 1:
+        if self.workers > 1 or self.timeout:
             self._start()
         return self
 
@@ -222,6 +229,15 @@ class ExtractorPool:
         for _ in range(self.workers):
             self._executor.submit(_ready)
 
+    def _kill_workers(self) -> None:
+        """Stop every worker now (one is stuck on a page); the pool is started again."""
+        if self._executor is not None:
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                process.kill()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._start()
+
     def _restart(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -236,6 +252,8 @@ class ExtractorPool:
         jobs = list(jobs)
         if self._executor is None:
             return [extract_article(job) for job in jobs]
+        if self.timeout:
+            return self._map_bounded(jobs)
         chunksize = max(1, min(8, len(jobs) // (self.workers * 4) or 1))
         try:
             return list(self._executor.map(extract_article, jobs, chunksize=chunksize))
@@ -244,15 +262,45 @@ class ExtractorPool:
             # running the batch one page at a time in a fresh pool; the others still get extracted.
             return self._one_by_one(jobs)
 
-    def _one_by_one(self, jobs: list[ExtractJob]) -> list[Extracted]:
-        self._restart()
+    def _map_bounded(self, jobs: list[ExtractJob]) -> list[Extracted]:
+        """All pages at once; if no page finishes for ``timeout`` seconds, some page is stuck:
+        the workers are killed and the pages not done yet go one at a time, each with its own
+        clock, so that only the pages that really take too long are given up."""
+        futures = {self._executor.submit(extract_article, job): n for n, job in enumerate(jobs)}
+        results: dict[int, Extracted] = {}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=self.timeout, return_when=FIRST_COMPLETED)
+                if not done:
+                    break
+                for future in done:
+                    results[futures[future]] = future.result()
+        except BrokenProcessPool:
+            pass
+        if len(results) == len(jobs):
+            return [results[n] for n in range(len(jobs))]
+        self._kill_workers()
+        rest = [n for n in range(len(jobs)) if n not in results]
+        for n, extracted in zip(rest, self._one_by_one([jobs[n] for n in rest], restart=False), strict=True):
+            results[n] = extracted
+        return [results[n] for n in range(len(jobs))]
+
+    def _one_by_one(self, jobs: list[ExtractJob], restart: bool = True) -> list[Extracted]:
+        if restart:
+            self._restart()
         results = []
         for job in jobs:
             try:
-                results.append(self._executor.submit(extract_article, job).result())
+                results.append(self._executor.submit(extract_article, job).result(timeout=self.timeout))
             except BrokenProcessPool:
                 results.append(Extracted(key=job.key, text=None, error="extractor process died on this page"))
                 self._restart()
+            except TimeoutError:
+                results.append(
+                    Extracted(key=job.key, text=None, error=f"extraction took longer than {self.timeout:g} s")
+                )
+                self._kill_workers()
         return results
 
 

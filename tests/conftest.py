@@ -18,6 +18,8 @@ TEST_ENV = {
     "NEWSFLOW_ALLOW_PRIVATE_NETWORKS": "1",
     "NEWSFLOW_HOST_MIN_DELAY": "0",
     "NEWSFLOW_EXTRACT_WORKERS": "1",
+    # In-process extraction (no worker process to start per run); the time limit has its own tests.
+    "NEWSFLOW_EXTRACT_TIMEOUT": "0",
     "NEWSFLOW_CONNECT_TIMEOUT": "2",
     "NEWSFLOW_READ_TIMEOUT": "2",
     "NEWSFLOW_REQUEST_DEADLINE": "5",
@@ -47,6 +49,7 @@ def settings(tmp_path) -> Settings:
         allow_private_networks=True,
         host_min_delay=0,
         extract_workers=1,
+        extract_timeout=0,
         connect_timeout=2,
         read_timeout=2,
         request_deadline=5,

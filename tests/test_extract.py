@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
+import pytest
 from builders import article_page, make_story
 
 from tasks import extract as ex
@@ -77,6 +79,33 @@ def test_pool_gives_the_same_results_and_survives_a_worker_dying(monkeypatch):
     assert [g.key for g in got] == [j.key for j in poisoned]
     assert got[3].text is None and "died" in got[3].error
     assert [g for g in got if g.key != "poison"] == serial
+
+
+def _stuck_on_slow(job):
+    if job.key.startswith("slow"):
+        time.sleep(120)  # a page trafilatura would take minutes on
+    return extract_article(job)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_page_over_the_time_limit_is_given_up_and_the_batch_goes_on(monkeypatch, workers):
+    jobs = [
+        ExtractJob(key=str(i), url=f"http://n.example/{i}", body=article_page(make_story(i)))
+        for i in range(4)
+    ]
+    serial = extract_batch(jobs)
+    monkeypatch.setattr(ex, "extract_article", _stuck_on_slow)
+    stuck = jobs[:2] + [ExtractJob(key="slow", url="http://n.example/s", body=b"<html></html>")] + jobs[2:]
+    with ExtractorPool(workers, timeout=2) as pool:
+        pool.map(jobs[:1])  # workers up and warm: the clock below measures the limit, not start-up
+        started = time.monotonic()
+        got = pool.map(stuck)
+        took = time.monotonic() - started
+        again = pool.map(jobs)  # the pool works on after killing a worker
+    assert [g.key for g in got] == [j.key for j in stuck]
+    assert got[2].text is None and "longer than 2 s" in got[2].error
+    assert [g for g in got if g.key != "slow"] == serial and again == serial
+    assert took < 2 * 2 + 15  # at most two limits (a whole-batch stall, then the page alone) + restarts
 
 
 def test_workers_do_not_outlive_a_killed_parent(tmp_path):
