@@ -22,14 +22,14 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.pipeline import process_pages, seeded_politeness
-from flows.poll import BUSY_STATE, DISK_FULL_STATE
+from flows.poll import BUSY_STATE
 from flows.reextract import reextract_articles
+from flows.reporting import failed_on_full_disk
 from newsflow.settings import build_settings
 from tasks import dedup, sources
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
-from warehouse.files import disk_full_message, is_disk_full
 from warehouse.lock import WarehouseBusy
 from warehouse.store import writer_session
 
@@ -98,13 +98,7 @@ def backfill_flow(
         logger.error(message)
         return Failed(name=BUSY_STATE, message=message)
     except Exception as exc:
-        if not is_disk_full(exc):
-            raise
-        # Batches are transactions and files are written whole: the warehouse is as it was
-        # before the batch that hit the full disk; running the backfill again resumes.
-        message = disk_full_message(exc, settings.data_dir)
-        logger.error(message)
-        return Failed(name=DISK_FULL_STATE, message=message)
+        return failed_on_full_disk(exc, settings.data_dir, logger)
 
 
 def _run(

@@ -17,18 +17,16 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.pipeline import process_pages, seeded_politeness
-from flows.reporting import best_effort_report
+from flows.reporting import best_effort_report, failed_on_full_disk
 from newsflow.settings import Settings, build_settings
 from tasks import prefect_tasks as t
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from tasks.schedule import BACKOFF, DEAD, RETIRED
-from warehouse.files import disk_full_message, is_disk_full
 from warehouse.lock import WarehouseBusy, WriterLock
 from warehouse.store import Warehouse
 
 BUSY_STATE = "WarehouseBusy"
-DISK_FULL_STATE = "DiskFull"
 
 
 @flow(name="newsflow-poll", log_prints=False)
@@ -52,13 +50,7 @@ def poll_flow(
     try:
         return _poll(settings, ctx, summary, now, all_feeds, logger)
     except Exception as exc:
-        if not is_disk_full(exc):
-            raise
-        # Each batch is one transaction and each file is written whole or not at all: the
-        # warehouse is as it was before the batch that hit the full disk.
-        message = disk_full_message(exc, settings.data_dir)
-        logger.error(message)
-        return Failed(name=DISK_FULL_STATE, message=message)
+        return failed_on_full_disk(exc, settings.data_dir, logger)
 
 
 def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetime, all_feeds: bool, logger):

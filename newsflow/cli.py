@@ -126,7 +126,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 def _unfinished(state) -> int | None:
     """The exit code of a flow run that did not complete (with the reason printed), else None."""
-    from flows.poll import BUSY_STATE, DISK_FULL_STATE
+    from flows.poll import BUSY_STATE
+    from flows.reporting import DISK_FULL_STATE
 
     if state.name == BUSY_STATE:
         err.print(f"[yellow]newsflow: {state.message}[/yellow]")

@@ -113,3 +113,14 @@ def latest_artifact(key: str):
             return max(found, key=lambda a: a.created)
 
     return asyncio.run(latest())
+
+
+def warehouse_rows(data_dir: Path, sql: str, params=None) -> list[tuple]:
+    """Rows of ``sql`` from the warehouse's DuckDB file, opened read-only (no writer running)."""
+    import duckdb
+
+    con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()

@@ -26,6 +26,7 @@ import duckdb
 import pyarrow.parquet as pq
 from builders import RSS, feeds_toml, make_story, page_route, rss_feed
 from conftest import subprocess_env
+from conftest import warehouse_rows as _rows
 
 from newsflow.loopback import Route
 from warehouse.files import TMP_SUFFIX
@@ -33,14 +34,6 @@ from warehouse.files import TMP_SUFFIX
 NEWSFLOW = [sys.executable, "-m", "newsflow.cli"]
 PAGES_PER_RUN = 8
 KILLS = 5
-
-
-def _rows(data_dir: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _invariants(data_dir: Path, before: set[str]) -> set[str]:

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 from builders import RSS, feeds_toml, make_story, page_route, rss_feed
 from conftest import subprocess_env
+from conftest import warehouse_rows as _rows
 
 from newsflow.loopback import Route
 from warehouse.files import TMP_SUFFIX
@@ -39,14 +39,6 @@ def small_disk(tmp_path):
     _mount_tmpfs(mount, "3m")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _rows(data_dir: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def _publish(site, stories) -> None:

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import duckdb
 from builders import RSS, feeds_toml, make_story, page_route, rss_feed
 from conftest import subprocess_env
+from conftest import warehouse_rows as _rows
 
 from newsflow.loopback import Route
 
@@ -82,14 +81,6 @@ class Relay:
                 except OSError:
                     pass
                 s.close()
-
-
-def _rows(data_dir: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_prefect_api_gone_mid_run(prefect_api, tmp_path, site):
