@@ -34,10 +34,11 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -219,13 +220,18 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     server_hostname separately), so pinning the address changes nothing for TLS.
     """
 
-    def __init__(self, allow_private: bool):
+    def __init__(self, allow_private: bool, pace: Callable[[str], float] | None = None):
         self._inner = httpcore.AnyIOBackend()
         self._allow_private = allow_private
+        self._pace = pace
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         address = await resolve_checked(host, port, self._allow_private)
-        return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+        stream = await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+        if self._pace is None:
+            return stream
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return PacedStream(stream, partial(self._pace, f"{name.lower()}:{port}"))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
         raise FetchError("bad_scheme", "unix sockets are not allowed")
@@ -234,8 +240,41 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class PacedStream(httpcore.AsyncNetworkStream):
+    """A connection whose every request waits for its host's turn right before it is written
+    (``pace()`` books the turn and returns the wait): the politeness budget holds on the wire,
+    not only where newsflow scheduled the request. A write after a read starts a new request
+    (HTTP/1.1 keep-alive: request, response, request, ...)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, pace: Callable[[], float]):
+        self._inner = inner
+        self._pace = pace
+        self._request_started = False
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not self._request_started:
+            self._request_started = True
+            wait = self._pace()
+            if wait > 0:
+                await anyio.sleep(wait)
+        await self._inner.write(buffer, timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._request_started = False
+        return await self._inner.read(max_bytes, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> PacedStream:
+        return PacedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._pace)
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, state: PolitenessState | None = None):
         limits = httpx.Limits(max_connections=settings.global_concurrency, max_keepalive_connections=64)
         super().__init__(limits=limits, verify=True, trust_env=False, retries=0)
         # httpx gives no hook for the network backend: rebuild its pool with ours.
@@ -246,7 +285,10 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
             http2=False,
-            network_backend=GuardedNetworkBackend(settings.allow_private_networks),
+            network_backend=GuardedNetworkBackend(
+                settings.allow_private_networks,
+                partial(state.reserve_send, min_delay=settings.host_min_delay) if state is not None else None,
+            ),
         )
 
 
@@ -476,7 +518,7 @@ class Fetcher:
         self.limiter = HostLimiter(settings.host_concurrency, settings.host_min_delay, self.state)
         self.global_slots = asyncio.Semaphore(settings.global_concurrency)
         self.client = httpx.AsyncClient(
-            transport=GuardedTransport(settings),
+            transport=GuardedTransport(settings, self.state),
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(
@@ -659,79 +701,88 @@ class Fetcher:
         fetched_at: datetime | None = None
         spent = 0.0
         attempts = 0
-        async with self.global_slots:
-            while True:
-                attempts += 1
-                response = None
+        while True:
+            attempts += 1
+            response = None
+            try:
+                if spent >= deadline:
+                    raise FetchError("timeout", f"request deadline of {deadline}s exceeded")
+                url = _check_url(request.url)
+                slot = await self.limiter(_host_key(url))  # politeness wait: not counted
+                # The global slot only once the host's turn has come: a request waiting for
+                # its host's spacing must not hold a slot that other hosts' requests could
+                # use (200 feeds of one host listed first would otherwise take every slot and
+                # make the others wait 200 spacings).
                 try:
-                    if spent >= deadline:
-                        raise FetchError("timeout", f"request deadline of {deadline}s exceeded")
-                    url = _check_url(request.url)
-                    slot = await self.limiter(_host_key(url))  # politeness wait: not counted
-                    fetched_at = fetched_at or datetime.now(UTC)
-                    began = time.monotonic()
-                    try:
-                        with anyio.fail_after(deadline - spent):
-                            response, body, redirects, final_url, address = await self._attempt(
-                                request, url, slot
-                            )
-                    finally:
-                        spent += time.monotonic() - began
-                except FetchError as exc:
-                    error = _without_traceback(exc)
-                except TimeoutError:
-                    error = FetchError("timeout", f"request deadline of {deadline}s exceeded")
-                except Exception as exc:  # everything the transport can throw, classified
-                    error = _without_traceback(_classify_transport_error(exc))
-                else:
-                    status = response.status_code
-                    self._maybe_postpone(response, final_url)
-                    if 200 <= status < 300 or status == 304:
-                        error = None
-                    else:
-                        error = FetchError(
-                            "gone"
-                            if status == 410
-                            else "http_4xx"
-                            if 400 <= status < 500
-                            else "http_5xx"
-                            if status >= 500
-                            else "http_other",
-                            f"HTTP {status} {response.reason_phrase}".strip(),
-                            transient=status in TRANSIENT_STATUSES,
-                        )
-                if (
-                    error is not None
-                    and error.transient
-                    and attempts <= self.settings.retries
-                    and self.state.postponed_until(_host_key(url)) is None
-                ):
-                    retry_after = response.headers.get("retry-after") if response is not None else None
-                    wait = self._retry_wait(attempts, retry_after)
-                    if wait is not None and wait < deadline - spent:
-                        await asyncio.sleep(wait)
-                        spent += wait
-                        continue
+                    await self.global_slots.acquire()
+                except BaseException:
+                    slot.release()
+                    raise
                 fetched_at = fetched_at or datetime.now(UTC)
-                if response is None:
-                    return _failed(request, error, fetched_at, int(spent * 1000), attempts)
-                ok = error is None
-                return FetchResult(
-                    url=request.url,
-                    final_url=final_url,
-                    status=response.status_code,
-                    headers=tuple(response.headers.multi_items()),
-                    body=body if ok and response.status_code != 304 else None,
-                    fetched_at=fetched_at,
-                    elapsed_ms=int(spent * 1000),
-                    redirects=tuple(redirects[0]),
-                    redirect_statuses=tuple(redirects[1]),
-                    error_class=None if ok else error.error_class,
-                    error_message=None if ok else error.args[0],
-                    remote_address=address,
-                    http_version=response.http_version,
-                    attempts=attempts,
-                )
+                began = time.monotonic()
+                try:
+                    with anyio.fail_after(deadline - spent):
+                        response, body, redirects, final_url, address = await self._attempt(
+                            request, url, slot
+                        )
+                finally:
+                    self.global_slots.release()
+                    spent += time.monotonic() - began
+            except FetchError as exc:
+                error = _without_traceback(exc)
+            except TimeoutError:
+                error = FetchError("timeout", f"request deadline of {deadline}s exceeded")
+            except Exception as exc:  # everything the transport can throw, classified
+                error = _without_traceback(_classify_transport_error(exc))
+            else:
+                status = response.status_code
+                self._maybe_postpone(response, final_url)
+                if 200 <= status < 300 or status == 304:
+                    error = None
+                else:
+                    error = FetchError(
+                        "gone"
+                        if status == 410
+                        else "http_4xx"
+                        if 400 <= status < 500
+                        else "http_5xx"
+                        if status >= 500
+                        else "http_other",
+                        f"HTTP {status} {response.reason_phrase}".strip(),
+                        transient=status in TRANSIENT_STATUSES,
+                    )
+            if (
+                error is not None
+                and error.transient
+                and attempts <= self.settings.retries
+                and self.state.postponed_until(_host_key(url)) is None
+            ):
+                retry_after = response.headers.get("retry-after") if response is not None else None
+                wait = self._retry_wait(attempts, retry_after)
+                if wait is not None and wait < deadline - spent:
+                    await asyncio.sleep(wait)
+                    spent += wait
+                    continue
+            fetched_at = fetched_at or datetime.now(UTC)
+            if response is None:
+                return _failed(request, error, fetched_at, int(spent * 1000), attempts)
+            ok = error is None
+            return FetchResult(
+                url=request.url,
+                final_url=final_url,
+                status=response.status_code,
+                headers=tuple(response.headers.multi_items()),
+                body=body if ok and response.status_code != 304 else None,
+                fetched_at=fetched_at,
+                elapsed_ms=int(spent * 1000),
+                redirects=tuple(redirects[0]),
+                redirect_statuses=tuple(redirects[1]),
+                error_class=None if ok else error.error_class,
+                error_message=None if ok else error.args[0],
+                remote_address=address,
+                http_version=response.http_version,
+                attempts=attempts,
+            )
 
     def _retry_wait(self, attempts: int, retry_after: str | None) -> float | None:
         """Seconds before the next attempt, or None when waiting is not worth it."""
