@@ -36,6 +36,9 @@ def _quiet_prefect() -> None:
     # A command-line run whose Prefect API went away should say so in seconds, not minutes:
     # each API call is retried twice (about 6 s in all) instead of five times (about 70 s).
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
+    # The temporary server's first start migrates its database: on a busy machine that took more
+    # than Prefect's default 20 s and the command failed before doing anything.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 # --------------------------------------------------------------------------- output
