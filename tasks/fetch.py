@@ -242,7 +242,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
 class PacedStream(httpcore.AsyncNetworkStream):
     """A connection whose every request waits for its host's turn right before it is written
-    (``pace()`` books the turn and returns the wait): the politeness budget holds on the wire,
+    (``pace()`` returns the wait, 0 when it may go now and records it): the budget holds on the wire,
     not only where newsflow scheduled the request. A write after a read starts a new request
     (HTTP/1.1 keep-alive: request, response, request, ...)."""
 
@@ -253,10 +253,9 @@ class PacedStream(httpcore.AsyncNetworkStream):
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not self._request_started:
-            self._request_started = True
-            wait = self._pace()
-            if wait > 0:
+            while (wait := self._pace()) > 0:  # another request of the host may go first
                 await anyio.sleep(wait)
+            self._request_started = True
         await self._inner.write(buffer, timeout)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -287,7 +286,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             http2=False,
             network_backend=GuardedNetworkBackend(
                 settings.allow_private_networks,
-                partial(state.reserve_send, min_delay=settings.host_min_delay) if state is not None else None,
+                partial(state.try_send, min_delay=settings.host_min_delay) if state is not None else None,
             ),
         )
 

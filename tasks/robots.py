@@ -151,7 +151,7 @@ class PolitenessState:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     seeded: bool = False  # the stored state (warehouse/hosts.py) has been put in
     _next_start: dict[str, float] = field(default_factory=dict, repr=False)  # host key -> clock time
-    _next_send: dict[str, float] = field(default_factory=dict, repr=False)  # host key -> clock time
+    _last_send: dict[str, float] = field(default_factory=dict, repr=False)  # host key -> clock time
     _crawl_delay: dict[str, float | None] = field(default_factory=dict, repr=False)  # host key -> seconds
     _fetched: set[str] = field(default_factory=set, repr=False)  # robots keys fetched by this run
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -206,20 +206,23 @@ class PolitenessState:
             self._next_start[host] = start + spacing
             return start - now
 
-    def reserve_send(self, host: str, min_delay: float) -> float:
-        """Book the moment a request's bytes go out to ``host``; returns the seconds to wait.
+    def try_send(self, host: str, min_delay: float) -> float:
+        """Whether a request may be written to ``host`` now: 0 (and the send is recorded) when the
+        last one went out at least the host's spacing ago, else the seconds left to wait.
 
-        The same spacing as :meth:`reserve_start`, checked again right before the request is
-        written: between its booked start and the write, a request can lose time (connecting, a
-        busy event loop running thousands of fetches), and two requests booked a spacing apart
-        could then reach the host closer together than the budget allows."""
+        Checked right before a request is written, against the moment the last one really was:
+        between its booked start and the write, a request can lose time (connecting, a busy event
+        loop running thousands of fetches), and requests booked a spacing apart could otherwise
+        reach the host closer together than the budget allows. Waiting only ever adds time."""
         with self._lock:
             now = self.clock()
-            send = max(now, self._next_send.get(host, now))
             crawl_delay = self._crawl_delay.get(host)
             spacing = min_delay if crawl_delay is None else max(min_delay, crawl_delay)
-            self._next_send[host] = send + spacing
-            return send - now
+            earliest = self._last_send.get(host, now - spacing) + spacing
+            if now >= earliest:
+                self._last_send[host] = now
+                return 0.0
+            return earliest - now
 
     def crawl_delay_known(self, host: str) -> bool:
         with self._lock:

@@ -119,7 +119,14 @@ def warehouse_rows(data_dir: Path, sql: str, params=None) -> list[tuple]:
     """Rows of ``sql`` from the warehouse's DuckDB file, opened read-only (no writer running)."""
     import duckdb
 
-    con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
+    try:
+        con = duckdb.connect(str(data_dir / "newsflow.duckdb"), read_only=True)
+    except duckdb.IOException as exc:
+        # A writer killed with a write-ahead log DuckDB must write to replay: read it as the
+        # next writer will (the replay is what any next run does first).
+        if "replaying WAL" not in str(exc):
+            raise
+        con = duckdb.connect(str(data_dir / "newsflow.duckdb"))
     try:
         return con.execute(sql, params).fetchall()
     finally:

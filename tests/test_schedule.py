@@ -511,3 +511,23 @@ def test_a_page_that_failed_for_a_transient_reason_is_retried_though_the_feed_di
     assert second["articles_extracted"] == 1 and site.hits["/a/ok.html"] == 1
     third = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0, all_feeds=True)
     assert third["feeds_not_modified"] == 1 and third["pages_fetched"] == 0  # nothing waits any more
+
+
+def test_a_request_goes_out_no_sooner_than_the_spacing_after_the_last_one_really_did():
+    """The wire-level check (tasks/fetch.PacedStream): a request that lost time between its booked
+    start and its write does not shorten the gap to the next one."""
+    from tasks.robots import PolitenessState
+
+    now = [100.0]
+    state = PolitenessState(clock=lambda: now[0])
+    assert state.try_send("h:80", 1.0) == 0.0  # first request: at once
+    now[0] = 100.4
+    assert state.try_send("h:80", 1.0) == pytest.approx(0.6)  # not yet: 0.6 s to go
+    assert state.try_send("other:80", 1.0) == 0.0  # other hosts are not held up
+    now[0] = 101.3  # the waiting request's event loop was late: it goes at 101.3 ...
+    assert state.try_send("h:80", 1.0) == 0.0
+    now[0] = 102.0  # ... so the next one, booked for 102.0, waits until 102.3
+    assert state.try_send("h:80", 1.0) == pytest.approx(0.3)
+    state.set_crawl_delay("h:80", 5.0, 1.0)  # a Crawl-delay longer than the default spacing
+    now[0] = 102.3
+    assert state.try_send("h:80", 1.0) == pytest.approx(4.0)

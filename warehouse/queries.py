@@ -23,14 +23,16 @@ def named_query(name: str) -> str:
 
 
 def open_for_reading(data_dir: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A connection and where it reads from: ``"duckdb"`` or ``"parquet"`` (writer busy)."""
+    """A connection and where it reads from: ``"duckdb"`` or ``"parquet"`` (a writer holds the
+    file, or a killed writer left a write-ahead log that only the next writer can replay)."""
     db = data_dir / "newsflow.duckdb"
     if not db.exists():
         raise FileNotFoundError(f"no warehouse at {data_dir} (run `newsflow poll` or `newsflow demo` first)")
     try:
         return connect(db, read_only=True), "duckdb"
     except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():
+        text = str(exc).lower()
+        if "lock" not in text and "replaying wal" not in text:
             raise
     return parquet_connection(data_dir), "parquet"
 
