@@ -220,18 +220,22 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     server_hostname separately), so pinning the address changes nothing for TLS.
     """
 
-    def __init__(self, allow_private: bool, pace: Callable[[str], float] | None = None):
+    def __init__(self, allow_private: bool, state: PolitenessState | None = None, min_delay: float = 0.0):
         self._inner = httpcore.AnyIOBackend()
         self._allow_private = allow_private
-        self._pace = pace
+        self._state = state
+        self._min_delay = min_delay
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         address = await resolve_checked(host, port, self._allow_private)
         stream = await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
-        if self._pace is None:
+        if self._state is None:
             return stream
         name = host.decode() if isinstance(host, bytes) else str(host)
-        return PacedStream(stream, partial(self._pace, f"{name.lower()}:{port}"))
+        key = f"{name.lower()}:{port}"
+        return PacedStream(
+            stream, partial(self._state.try_send, key, self._min_delay), partial(self._state.sent, key)
+        )
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
         raise FetchError("bad_scheme", "unix sockets are not allowed")
@@ -242,21 +246,27 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
 class PacedStream(httpcore.AsyncNetworkStream):
     """A connection whose every request waits for its host's turn right before it is written
-    (``pace()`` returns the wait, 0 when it may go now and records it): the budget holds on the wire,
+    (``pace()`` returns the wait, 0 when it may go now; ``sent()`` once written): the budget holds on the wire,
     not only where newsflow scheduled the request. A write after a read starts a new request
     (HTTP/1.1 keep-alive: request, response, request, ...)."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream, pace: Callable[[], float]):
+    def __init__(self, inner: httpcore.AsyncNetworkStream, pace: Callable[[], float], sent: Callable[[], None]):
         self._inner = inner
         self._pace = pace
+        self._sent = sent
         self._request_started = False
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not self._request_started:
-            while (wait := self._pace()) > 0:  # another request of the host may go first
-                await anyio.sleep(wait)
-            self._request_started = True
-        await self._inner.write(buffer, timeout)
+        if self._request_started:
+            await self._inner.write(buffer, timeout)
+            return
+        while (wait := self._pace()) > 0:  # another request of the host may go first
+            await anyio.sleep(wait)
+        self._request_started = True
+        try:
+            await self._inner.write(buffer, timeout)
+        finally:
+            self._sent()
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._request_started = False
@@ -266,7 +276,7 @@ class PacedStream(httpcore.AsyncNetworkStream):
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> PacedStream:
-        return PacedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._pace)
+        return PacedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._pace, self._sent)
 
     def get_extra_info(self, info: str):
         return self._inner.get_extra_info(info)
@@ -284,10 +294,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
             http2=False,
-            network_backend=GuardedNetworkBackend(
-                settings.allow_private_networks,
-                partial(state.try_send, min_delay=settings.host_min_delay) if state is not None else None,
-            ),
+            network_backend=GuardedNetworkBackend(settings.allow_private_networks, state, settings.host_min_delay),
         )
 
 

@@ -224,6 +224,12 @@ class PolitenessState:
                 return 0.0
             return earliest - now
 
+    def sent(self, host: str) -> None:
+        """The request :meth:`try_send` let go has been written: the spacing to the next one counts
+        from now (the write itself can come late on a busy event loop)."""
+        with self._lock:
+            self._last_send[host] = max(self._last_send.get(host, 0.0), self.clock())
+
     def crawl_delay_known(self, host: str) -> bool:
         with self._lock:
             return host in self._crawl_delay

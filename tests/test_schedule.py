@@ -528,6 +528,12 @@ def test_a_request_goes_out_no_sooner_than_the_spacing_after_the_last_one_really
     assert state.try_send("h:80", 1.0) == 0.0
     now[0] = 102.0  # ... so the next one, booked for 102.0, waits until 102.3
     assert state.try_send("h:80", 1.0) == pytest.approx(0.3)
-    state.set_crawl_delay("h:80", 5.0, 1.0)  # a Crawl-delay longer than the default spacing
     now[0] = 102.3
+    assert state.try_send("h:80", 1.0) == 0.0
+    now[0] = 102.45  # its write came late (a busy event loop): the spacing counts from the write
+    state.sent("h:80")
+    now[0] = 103.3
+    assert state.try_send("h:80", 1.0) == pytest.approx(0.15)
+    state.set_crawl_delay("h:80", 5.0, 1.0)  # a Crawl-delay longer than the default spacing
+    now[0] = 103.45
     assert state.try_send("h:80", 1.0) == pytest.approx(4.0)
