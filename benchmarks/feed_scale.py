@@ -73,7 +73,6 @@ from newsflow.loopback import LoopbackSite, Route
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RSS_CONTENT_TYPE = "application/rss+xml; charset=utf-8"
-HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 ROBOTS_TXT = b"User-agent: *\nAllow: /\n"
 SITES_NETWORK = ipaddress.IPv4Network("127.0.1.0/24")  # site n listens on 127.0.1.(n + 1)
 FIRST_HOST = SITES_NETWORK[1]
