@@ -75,7 +75,7 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
         # Before the first request: hosts postponed by earlier runs, robots.txt answers still fresh.
         seeded_politeness(ctx, settings, lambda: nullcontext(wh))
         feed_results = t.fetch_feeds(due, wh, settings)
-        outcomes = t.parse_feeds(feed_results, due, wh)
+        outcomes = t.parse_feeds(feed_results, due, wh, pool, settings)
         plan = t.plan_entries(outcomes, wh, settings)
         _count_feeds(summary, due, outcomes, plan)
 

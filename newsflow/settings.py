@@ -82,6 +82,15 @@ class Settings(BaseSettings):
         "with one worker the extraction then runs in the flow's own process.",
     )
 
+    feed_parse_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds one feed document may take to parse (in a worker process); a feed "
+        "over it is recorded as a parse_error and the run goes on. Parsing costs about 20 us per "
+        "element: a 15 MiB document of empty elements would hold a poll for over a minute. 0: no "
+        "limit, and the feeds are then parsed in the flow's own process.",
+    )
+
     # Retention (the maintenance flow): days of raw archive (WARC) to keep; None keeps everything.
     # Articles are never pruned; an article whose raw page is gone can no longer be re-extracted.
     raw_retention_days: int | None = Field(None, ge=0)

@@ -8,17 +8,13 @@ Every article row records the extractor name, version and these options.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import re
-import threading
-import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
+
+from tasks.workers import TIMED_OUT, BoundedProcessPool
 
 EXTRACTOR_NAME = "trafilatura"
 EXTRACTOR_OPTIONS: dict[str, object] = {
@@ -176,30 +172,22 @@ def extract_article(job: ExtractJob) -> Extracted:
     )
 
 
-def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
-    """A worker whose parent died (killed with SIGKILL, say) has nothing left to do: leave."""
-    while True:
-        time.sleep(interval)
-        if os.getppid() != parent:
-            os._exit(0)
-
-
 def _warm_up() -> None:
-    """Pay the imports and the language model's loading before the first page, not during it;
-    and make sure the worker does not outlive the process that started it."""
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    """Pay the imports and the language model's loading before the first page, not during it."""
     import py3langid
     import trafilatura  # noqa: F401
 
     py3langid.classify("warm up the language identification model")
 
 
-def _ready() -> bool:
-    return True
+def _given_up(job: ExtractJob, why: str, timeout: float | None) -> Extracted:
+    if why == TIMED_OUT:
+        return Extracted(key=job.key, text=None, error=f"extraction took longer than {timeout:g} s")
+    return Extracted(key=job.key, text=None, error="extractor process died on this page")
 
 
-class ExtractorPool:
-    """A process pool sized to the cores, kept for a whole run (start-up is paid once).
+class ExtractorPool(BoundedProcessPool):
+    """The run's worker processes, warmed up for extraction (feeds are parsed there too).
 
     ``timeout`` bounds the extraction of one page, in seconds (None or 0: no bound). Some pages
     take trafilatura minutes to hours (one element with thousands of attributes grows with the
@@ -208,100 +196,10 @@ class ExtractorPool:
     needs worker processes, so with a timeout even one worker runs in a process of its own."""
 
     def __init__(self, workers: int, timeout: float | None = None):
-        self.workers = max(1, workers)
-        self.timeout = timeout or None
-        self._executor: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> ExtractorPool:
-        if self.workers > 1 or self.timeout:
-            self._start()
-        return self
-
-    def _start(self) -> None:
-        # spawn, not fork: the parent runs Prefect's threads and event loops.
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_warm_up,
-        )
-        # Start the workers now (they spawn on the first submit): their imports then overlap
-        # the feed fetching that comes before the first batch of pages.
-        for _ in range(self.workers):
-            self._executor.submit(_ready)
-
-    def _kill_workers(self) -> None:
-        """Stop every worker now (one is stuck on a page); the pool is started again."""
-        if self._executor is not None:
-            for process in list(getattr(self._executor, "_processes", {}).values()):
-                process.kill()
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-        self._start()
-
-    def _restart(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        self._start()
-
-    def __exit__(self, *exc) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        super().__init__(workers, timeout, warm_up=_warm_up)
 
     def map(self, jobs: Iterable[ExtractJob]) -> list[Extracted]:
-        jobs = list(jobs)
-        if self._executor is None:
-            return [extract_article(job) for job in jobs]
-        if self.timeout:
-            return self._map_bounded(jobs)
-        chunksize = max(1, min(8, len(jobs) // (self.workers * 4) or 1))
-        try:
-            return list(self._executor.map(extract_article, jobs, chunksize=chunksize))
-        except BrokenProcessPool:
-            # A worker died (a crash in lxml, the OOM killer): find the page that did it by
-            # running the batch one page at a time in a fresh pool; the others still get extracted.
-            return self._one_by_one(jobs)
-
-    def _map_bounded(self, jobs: list[ExtractJob]) -> list[Extracted]:
-        """All pages at once; if no page finishes for ``timeout`` seconds, some page is stuck:
-        the workers are killed and the pages not done yet go one at a time, each with its own
-        clock, so that only the pages that really take too long are given up."""
-        futures = {self._executor.submit(extract_article, job): n for n, job in enumerate(jobs)}
-        results: dict[int, Extracted] = {}
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=self.timeout, return_when=FIRST_COMPLETED)
-                if not done:
-                    break
-                for future in done:
-                    results[futures[future]] = future.result()
-        except BrokenProcessPool:
-            pass
-        if len(results) == len(jobs):
-            return [results[n] for n in range(len(jobs))]
-        self._kill_workers()
-        rest = [n for n in range(len(jobs)) if n not in results]
-        for n, extracted in zip(rest, self._one_by_one([jobs[n] for n in rest], restart=False), strict=True):
-            results[n] = extracted
-        return [results[n] for n in range(len(jobs))]
-
-    def _one_by_one(self, jobs: list[ExtractJob], restart: bool = True) -> list[Extracted]:
-        if restart:
-            self._restart()
-        results = []
-        for job in jobs:
-            try:
-                results.append(self._executor.submit(extract_article, job).result(timeout=self.timeout))
-            except BrokenProcessPool:
-                results.append(Extracted(key=job.key, text=None, error="extractor process died on this page"))
-                self._restart()
-            except TimeoutError:
-                results.append(
-                    Extracted(key=job.key, text=None, error=f"extraction took longer than {self.timeout:g} s")
-                )
-                self._kill_workers()
-        return results
+        return self.apply(extract_article, jobs, _given_up)
 
 
 def extract_batch(jobs: list[ExtractJob], pool: ExtractorPool | None = None) -> list[Extracted]:

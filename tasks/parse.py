@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import feedparser
@@ -23,6 +24,7 @@ from feedparser.mixin import _FeedParserMixin
 
 from tasks.fetch import FetchResult
 from tasks.schedule import feed_hint_seconds
+from tasks.workers import TIMED_OUT
 
 # An entry's GUID is its identity, never a link to resolve: feedparser would turn an RSS
 # <guid>12345</guid> (isPermaLink defaults to true) into "<feed URL's base>/12345", so the same entry
@@ -397,16 +399,61 @@ class FeedOutcome:
         return self.error_class is not None
 
 
+@dataclass(frozen=True)
+class FeedDocument:
+    """One fetched feed document to parse, as sent to a worker process."""
+
+    body: bytes
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class FeedParsed:
+    """What parsing one document gave: the feed, or the class and text of its failure."""
+
+    parsed: ParsedFeed | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+def parse_feed_document(doc: FeedDocument) -> FeedParsed:
+    """:func:`parse_feed` as a picklable function of a picklable value (worker processes)."""
+    try:
+        return FeedParsed(parsed=parse_feed(doc.body, doc.url, dict(doc.headers)))
+    except FeedParseError as exc:
+        return FeedParsed(error_class=exc.error_class, error_message=str(exc)[:1000])
+
+
+def _parse_given_up(doc: FeedDocument, why: str, timeout: float | None) -> FeedParsed:
+    if why == TIMED_OUT:
+        message = f"gave up parsing the feed after {timeout:g} s ({len(doc.body):,} bytes)"
+    else:
+        message = f"the parser's process died on this document ({len(doc.body):,} bytes)"
+    return FeedParsed(error_class="parse_error", error_message=message)
+
+
+class ParsePool(Protocol):
+    """A pool of worker processes (``tasks.workers.BoundedProcessPool``)."""
+
+    def apply(self, fn, items, give_up, timeout: float | None = None) -> list: ...
+
+
 def parse_feed_results(
     results: list[FetchResult],
     previous_hashes: Mapping[str, str | None],
     feed_urls: Sequence[str] | None = None,
+    pool: ParsePool | None = None,
+    timeout: float | None = None,
 ) -> list[FeedOutcome]:
     """Parse each fetched feed; a feed whose bytes did not change costs no parsing.
 
     ``feed_urls`` names the feed of each result when it was fetched from elsewhere (a feed that
-    moved keeps its identity); by default the URL requested."""
-    outcomes = []
+    moved keeps its identity); by default the URL requested. With a ``pool``, documents are
+    parsed in its worker processes and one that takes longer than ``timeout`` seconds is given
+    up (``parse_error``): parsing is bounded in time, not only by the size cap."""
+    outcomes: list[FeedOutcome | None] = []
+    to_parse: list[tuple[int, str, FetchResult, str, FeedDocument]] = []
     for n, result in enumerate(results):
         url = feed_urls[n] if feed_urls is not None else result.url
         if result.error_class:
@@ -421,14 +468,21 @@ def parse_feed_results(
         if previous_hashes.get(url) == digest:
             outcomes.append(FeedOutcome(url, result, body_hash=digest, unchanged=True))
             continue
-        try:
-            parsed = parse_feed(result.body or b"", result.final_url, dict(result.headers))
-        except FeedParseError as exc:
-            outcomes.append(
-                FeedOutcome(
-                    url, result, body_hash=digest, error_class=exc.error_class, error_message=str(exc)[:1000]
-                )
-            )
-            continue
-        outcomes.append(FeedOutcome(url, result, parsed=parsed, body_hash=digest))
+        document = FeedDocument(result.body or b"", result.final_url, tuple(dict(result.headers).items()))
+        to_parse.append((len(outcomes), url, result, digest, document))
+        outcomes.append(None)
+    documents = [item[4] for item in to_parse]
+    if pool is not None:
+        parsed_all = pool.apply(parse_feed_document, documents, _parse_given_up, timeout)
+    else:
+        parsed_all = [parse_feed_document(doc) for doc in documents]
+    for (slot, url, result, digest, _), done in zip(to_parse, parsed_all, strict=True):
+        outcomes[slot] = FeedOutcome(
+            url,
+            result,
+            parsed=done.parsed,
+            body_hash=digest,
+            error_class=done.error_class,
+            error_message=done.error_message,
+        )
     return outcomes

@@ -29,7 +29,9 @@ def read_feed_list(path: Path) -> list[feeds.FeedSpec]:
 
 
 @task(name="select-due-feeds", **_TASK)
-def select_due_feeds(specs: list[feeds.FeedSpec], wh: Warehouse, now: datetime, poll_all: bool) -> feeds.DueFeeds:
+def select_due_feeds(
+    specs: list[feeds.FeedSpec], wh: Warehouse, now: datetime, poll_all: bool
+) -> feeds.DueFeeds:
     return feeds.due_feeds(specs, wh.feed_rows([s.url for s in specs]), now, poll_all)
 
 
@@ -47,10 +49,16 @@ def fetch_feeds(due: feeds.DueFeeds, wh: Warehouse, settings: Settings) -> list[
 
 
 @task(name="parse-feeds", **_TASK)
-def parse_feeds(results: list[fetch.FetchResult], due: feeds.DueFeeds, wh: Warehouse) -> list[parse.FeedOutcome]:
+def parse_feeds(
+    results: list[fetch.FetchResult],
+    due: feeds.DueFeeds,
+    wh: Warehouse,
+    pool: ExtractorPool,
+    settings: Settings,
+) -> list[parse.FeedOutcome]:
     feed_urls = [s.url for s in due.due]
     previous = {url: v[2] for url, v in wh.feed_validators(feed_urls).items()}
-    return parse.parse_feed_results(results, previous, feed_urls)
+    return parse.parse_feed_results(results, previous, feed_urls, pool, settings.feed_parse_timeout)
 
 
 @task(name="plan-entries", **_TASK)

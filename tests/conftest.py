@@ -20,6 +20,7 @@ TEST_ENV = {
     "NEWSFLOW_EXTRACT_WORKERS": "1",
     # In-process extraction (no worker process to start per run); the time limit has its own tests.
     "NEWSFLOW_EXTRACT_TIMEOUT": "0",
+    "NEWSFLOW_FEED_PARSE_TIMEOUT": "0",  # likewise for feed parsing
     "NEWSFLOW_CONNECT_TIMEOUT": "2",
     "NEWSFLOW_READ_TIMEOUT": "2",
     "NEWSFLOW_REQUEST_DEADLINE": "5",
@@ -50,6 +51,7 @@ def settings(tmp_path) -> Settings:
         host_min_delay=0,
         extract_workers=1,
         extract_timeout=0,
+        feed_parse_timeout=0,
         connect_timeout=2,
         read_timeout=2,
         request_deadline=5,

@@ -299,3 +299,37 @@ def test_a_large_expansion_attack_stays_small_in_memory(tmp_path, encoding):
         assert result["error_class"] in ("parse_error", "not_a_feed")
     assert report.peak_growth_mb < 64, report
     assert report.elapsed_s < 10
+
+
+# --------------------------------------------------------------------------- parse time bound
+
+
+def test_a_feed_too_costly_to_parse_is_given_up_at_its_bound(
+    prefect_api, newsflow_env, tmp_path, monkeypatch, site
+):
+    """4 MiB of empty elements inside an entry: within the size cap, but about 20 s of
+    feedparser (over a minute at the 15 MiB cap). With a 3 s bound the document is given up in
+    its worker process (``parse_error``) while the run's other feed is parsed and its article
+    loaded; without the bound the poll would sit in the parser for the whole 20 s."""
+    monkeypatch.setenv("NEWSFLOW_FEED_PARSE_TIMEOUT", "3")
+    costly = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>costly</title>'
+        b"<item><title>x</title><link>https://c.example/1</link><description>"
+        + b"<a/>" * 1_000_000
+        + b"</description></item></channel></rss>"
+    )
+    site.routes["/costly.xml"] = Route(body=costly, content_type=RSS)
+    story = make_story(1, seed=91)
+    site.routes["/s.html"] = page_route(story)
+    site.routes["/fine.xml"] = Route(body=rss_feed([(story, site.url("/s.html"), "s1")]), content_type=RSS)
+
+    started = time.monotonic()
+    summary = poll_once(tmp_path, [site.url("/costly.xml"), site.url("/fine.xml")], newsflow_env)
+    took = time.monotonic() - started
+    log = fetch_log(newsflow_env)
+    assert log[site.url("/costly.xml")][1] == "parse_error"
+    assert "gave up parsing the feed after 3 s" in log[site.url("/costly.xml")][2]
+    assert summary["feeds_failed"] == 1 and summary["pages_fetched"] == 1
+    assert query(newsflow_env, "SELECT count(*) FROM articles WHERE text IS NOT NULL")[0][0] == 1
+    # worker start-up (not counted in the bound) + 3 s + the worker killed and started again
+    assert took < 15, took
