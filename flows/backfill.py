@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.dask_extraction import run_extraction
 from flows.pipeline import process_pages, seeded_politeness
 from flows.poll import BUSY_STATE
 from flows.reextract import reextract_articles
@@ -28,7 +29,6 @@ from flows.reporting import failed_on_full_disk
 from newsflow.settings import build_settings
 from tasks import dedup, sources
 from tasks import prefect_tasks as t
-from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from warehouse.lock import WarehouseBusy
 from warehouse.store import writer_session
@@ -58,13 +58,15 @@ def backfill_flow(
     reextract: bool = False,
     data_dir: str | None = None,
     refetch: bool = False,
+    dask: str | None = None,
 ) -> dict:
     """Backfill from one source: ``urls_file``, ``sitemap``, ``feed`` (with ``pages``), or
     ``reextract``; ``since``/``until`` bound sitemap dates and re-extraction fetch dates.
 
     ``refetch``: URLs already stored are fetched again instead of skipped (a changed text is a
     new version of the article). Without it, a stored URL is fetched again only when its
-    sitemap <lastmod> or its feed entry's date is later than its last fetch."""
+    sitemap <lastmod> or its feed entry's date is later than its last fetch. ``dask`` (default
+    ``NEWSFLOW_DASK``): extract on a Dask cluster, ``local`` or a scheduler address."""
     logger = get_run_logger()
     chosen = [name for name, v in (("urls_file", urls_file), ("sitemap", sitemap), ("feed", feed)) if v]
     if reextract and feed:
@@ -73,7 +75,7 @@ def backfill_flow(
         raise BackfillError("choose exactly one source: urls_file, sitemap, feed or reextract")
     if refetch and reextract:
         raise BackfillError("refetch fetches pages again; reextract uses the stored ones: choose one")
-    settings = build_settings(data_dir=data_dir)
+    settings = build_settings(data_dir=data_dir, dask=dask)
     ctx = RunContext.new("backfill", flow_run.id)
     summary = RunSummary(run_id=ctx.run_id)
     session = partial(
@@ -127,8 +129,8 @@ def _run(
     )
     logger.info("backfill of %d pages (%s)", len(jobs), "; ".join(notes))
     report = _progress_reporter(logger)
-    with ExtractorPool(settings.extract_workers, settings.extract_timeout) as pool:
-        process_pages(jobs, settings, pool, ctx, summary, session, skip_known=True, progress=report)
+    with run_extraction(settings) as (_, extractor):
+        process_pages(jobs, settings, extractor, ctx, summary, session, skip_known=True, progress=report)
     with session() as wh:
         if fetches:
             t.load_source_fetches(fetches, "sitemap" if sitemap else "feed", wh, ctx)

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import timedelta
 
+from flows.dask_extraction import DaskExtractor
 from newsflow.settings import Settings
 from tasks import prefect_tasks as t
 from tasks import robots
@@ -29,7 +30,7 @@ Progress = Callable[[int, int], None]  # (pages done, pages in total)
 def process_pages(
     jobs: Sequence[PageJob],
     settings: Settings,
-    pool: ExtractorPool,
+    pool: ExtractorPool | DaskExtractor,
     ctx: RunContext,
     summary: RunSummary,
     session: Session,
@@ -39,6 +40,7 @@ def process_pages(
 ) -> None:
     """Fetch, extract, deduplicate and load ``jobs`` a batch at a time.
 
+    ``pool`` extracts: the run's process pool, or a Dask cluster (flows/dask_extraction.py).
     ``session()`` gives the warehouse for one batch's reads and writes: the poll holds one for its
     whole run; a backfill takes the writer lock per batch so that polls can run in between.
     With ``skip_known``, pages whose URL is already stored are dropped just before their batch is
@@ -109,7 +111,7 @@ def process_pages(
             batch_jobs,
             results,
             batch_id,
-            t.extract_pages.submit(results, pool),
+            submit_extraction(results, pool),
             t.archive_pages.submit(results, settings.data_dir, batch_id),
             size,
         )
@@ -118,6 +120,13 @@ def process_pages(
         pending = current
     finish(pending)
     save_politeness(politeness, session)
+
+
+def submit_extraction(results, pool: ExtractorPool | DaskExtractor):
+    """Start extracting a fetched batch: a task in the run's pool, or chunks on the Dask cluster."""
+    if isinstance(pool, DaskExtractor):
+        return pool.submit(results)
+    return t.extract_pages.submit(results, pool)
 
 
 def changed_since_fetched(jobs: Sequence[PageJob], wh: Warehouse) -> set[str]:

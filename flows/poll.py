@@ -16,11 +16,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.dask_extraction import run_extraction
 from flows.pipeline import process_pages, seeded_politeness
 from flows.reporting import best_effort_report, failed_on_full_disk
 from newsflow.settings import Settings, build_settings
 from tasks import prefect_tasks as t
-from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from tasks.schedule import BACKOFF, DEAD, RETIRED
 from warehouse.lock import WarehouseBusy, WriterLock
@@ -35,15 +35,17 @@ def poll_flow(
     data_dir: str | None = None,
     all_feeds: bool = False,
     now: datetime | None = None,
+    dask: str | None = None,
 ) -> dict:
     """Poll the feeds of ``feeds_file`` that are due into the warehouse in ``data_dir``.
 
     Each feed has its own schedule (tasks/schedule.py): a 15-minute cron over thousands of feeds
     fetches only those whose next poll has come. ``all_feeds`` polls every listed feed but the
     retired ones. ``now`` is the time the schedules are judged at (default: the clock); tests
-    and replays set it."""
+    and replays set it. ``dask`` (default ``NEWSFLOW_DASK``): extract the pages on a Dask cluster,
+    ``local`` or a scheduler address (flows/dask_extraction.py)."""
     logger = get_run_logger()
-    settings = build_settings(feeds_file=feeds_file, data_dir=data_dir)
+    settings = build_settings(feeds_file=feeds_file, data_dir=data_dir, dask=dask)
     now = now or datetime.now(UTC)
     ctx = RunContext.new("poll", flow_run.id)
     summary = RunSummary(run_id=ctx.run_id)
@@ -66,7 +68,7 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
             logger.error(str(exc))
             return Failed(name=BUSY_STATE, message=str(exc))
         wh = stack.enter_context(Warehouse(settings.data_dir))
-        pool = stack.enter_context(ExtractorPool(settings.extract_workers, settings.extract_timeout))
+        pool, extractor = stack.enter_context(run_extraction(settings))
         repaired = wh.recover()
         if any(repaired.values()):
             logger.warning("repaired what an interrupted run left behind: %s", repaired)
@@ -80,7 +82,7 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
         _count_feeds(summary, due, outcomes, plan)
 
         # One warehouse session for the whole poll: it holds the writer lock from start to end.
-        process_pages(plan.pages, settings, pool, ctx, summary, session=lambda: nullcontext(wh))
+        process_pages(plan.pages, settings, extractor, ctx, summary, session=lambda: nullcontext(wh))
 
         t.load_feeds(due, outcomes, plan, wh, ctx, settings, now)
         health = t.feed_health(specs, wh)

@@ -7,9 +7,9 @@ from datetime import date
 
 from prefect import get_run_logger
 
+from flows.dask_extraction import DaskExtractor, run_extraction
 from newsflow.settings import Settings
 from tasks import prefect_tasks as t
-from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from warehouse.store import chunks
 
@@ -30,11 +30,14 @@ def reextract_articles(
         candidates = t.select_reextraction(wh, since, until, feed_url)
     counts = {"articles_considered": len(candidates), "articles_changed": 0, "raw_missing": 0}
     done = 0
-    with ExtractorPool(settings.extract_workers, settings.extract_timeout) as pool:
+    with run_extraction(settings) as (_, extractor):
         for batch in chunks(candidates, settings.batch_size):
             jobs, missing = t.read_raw_pages(settings.data_dir, batch)
             counts["raw_missing"] += len(missing)
-            extracted = t.extract_raw_pages(jobs, pool)
+            if isinstance(extractor, DaskExtractor):
+                extracted = extractor.map(jobs)
+            else:
+                extracted = t.extract_raw_pages(jobs, extractor)
             summary.articles_extracted += sum(1 for e in extracted if e.text)
             with session() as wh:
                 counts["articles_changed"] += t.apply_reextraction(wh, extracted, ctx)

@@ -122,6 +122,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         feeds_file=str(args.feeds) if args.feeds else None,
         data_dir=str(args.data_dir) if args.data_dir else None,
         all_feeds=args.all,
+        dask=args.dask,
         return_state=True,
     )
     return _finish(state, started)
@@ -225,6 +226,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dask_option(parser: argparse.ArgumentParser) -> None:
+    from newsflow.settings import dask_target
+
+    def dask_option(value: str) -> str:
+        try:
+            return dask_target(value) or "off"  # "off" (not None): it overrides NEWSFLOW_DASK
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument(
+        "--dask",
+        type=dask_option,
+        metavar="local|ADDRESS",
+        help="extract the pages on a Dask cluster: 'local' (a cluster of NEWSFLOW_EXTRACT_WORKERS processes "
+        "on this machine, for the run) or a scheduler address tcp://HOST:PORT; 'off' overrides NEWSFLOW_DASK",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newsflow", description="News feeds into a queryable warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="poll every listed feed now, due or not (dead ones too; not those retired by 410 Gone)",
     )
+    add_dask_option(p)
     p.set_defaults(func=cmd_poll)
 
     p = sub.add_parser("demo", help="run the whole pipeline on a bundled loopback news site")

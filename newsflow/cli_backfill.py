@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from newsflow.cli import _finish, _quiet_prefect, err
+from newsflow.cli import _finish, _quiet_prefect, add_dask_option, err
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -63,6 +63,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 until=args.until,
                 reextract=args.reextract,
                 refetch=args.refetch,
+                dask=args.dask,
                 data_dir=str(args.data_dir) if args.data_dir else None,
                 return_state=True,
             )
@@ -98,4 +99,5 @@ def register(sub) -> None:
     p.add_argument(
         "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
     )
+    add_dask_option(p)
     p.set_defaults(func=cmd_backfill)

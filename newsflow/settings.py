@@ -7,14 +7,19 @@ Every field can be set from the environment with the ``NEWSFLOW_`` prefix, e.g.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from newsflow import __version__
 
 DEFAULT_USER_AGENT = f"newsflow/{__version__} (+https://github.com/newsflow/newsflow; news archiving bot)"
+
+DASK_LOCAL = "local"  # NEWSFLOW_DASK=local: a Dask cluster on this machine, for the run
+_DASK_OFF = ("", "off", "none")
+_DASK_ADDRESS = re.compile(r"^(tcp|tls|ws|wss|ucx)://[^\s/]+$")
 
 
 class Settings(BaseSettings):
@@ -91,12 +96,25 @@ class Settings(BaseSettings):
         "limit, and the feeds are then parsed in the flow's own process.",
     )
 
+    dask: str | None = Field(
+        None,
+        description="Extract pages on a Dask cluster (prefect-dask's DaskTaskRunner; the 'dask' extra): "
+        "'local' starts a distributed.LocalCluster of extract_workers processes on 127.0.0.1 for the "
+        "run; 'tcp://host:8786' uses the scheduler running there. Unset or 'off': the run's own "
+        "process pool. Fetching and the warehouse writes stay in the flow's process either way.",
+    )
+
     # Retention (the maintenance flow): days of raw archive (WARC) to keep; None keeps everything.
     # Articles are never pruned; an article whose raw page is gone can no longer be re-extracted.
     raw_retention_days: int | None = Field(None, ge=0)
 
     # Warehouse writer lock
     lock_timeout: float = 900.0  # seconds a second writer waits before giving up cleanly
+
+    @field_validator("dask", mode="before")
+    @classmethod
+    def _dask_target(cls, value: object) -> str | None:
+        return dask_target(value)
 
     @property
     def duckdb_path(self) -> Path:
@@ -109,6 +127,21 @@ class Settings(BaseSettings):
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+
+def dask_target(value: object) -> str | None:
+    """``NEWSFLOW_DASK`` as a run uses it: None (off), 'local', or a scheduler address
+    ('host:8786' is read as TCP). Raises ValueError for anything else."""
+    if value is None or str(value).strip().lower() in _DASK_OFF:
+        return None
+    value = str(value).strip()
+    if value.lower() == DASK_LOCAL:
+        return DASK_LOCAL
+    if "://" not in value:
+        value = f"tcp://{value}"
+    if not _DASK_ADDRESS.match(value):
+        raise ValueError(f"not 'local', 'off' or a Dask scheduler address (tcp://host:port): {value!r}")
+    return value
 
 
 def build_settings(**overrides: object) -> Settings:

@@ -88,15 +88,32 @@ def fetch_pages(jobs: Sequence[dedup.PageJob], settings: Settings) -> list[fetch
     )
 
 
+def page_extract_jobs(results: Sequence[fetch.FetchResult]) -> tuple[list[ExtractJob], list[int]]:
+    """The pages of a batch with a body to extract, and where each is in the batch."""
+    positions = [i for i, r in enumerate(results) if r.ok and r.body]
+    jobs = [
+        ExtractJob(key=str(i), url=results[i].final_url, body=results[i].body,
+                   content_type=results[i].header("content-type"))
+        for i in positions
+    ]  # fmt: skip
+    return jobs, positions
+
+
 @task(name="extract-pages", **_TASK)
 def extract_pages(results: Sequence[fetch.FetchResult], pool: ExtractorPool) -> list:
-    jobs = [
-        ExtractJob(key=str(i), url=r.final_url, body=r.body, content_type=r.header("content-type"))
-        for i, r in enumerate(results)
-        if r.ok and r.body
-    ]
-    by_key = {e.key: e for e in extract_batch(jobs, pool)}
-    return [by_key.get(str(i)) for i in range(len(results))]
+    """One ``Extracted`` per fetch result (None where there was no body), in order."""
+    jobs, positions = page_extract_jobs(results)
+    extracted: list = [None] * len(results)
+    for position, one in zip(positions, extract_batch(jobs, pool), strict=True):
+        extracted[position] = one
+    return extracted
+
+
+@task(name="extract-on-worker", **_TASK)
+def extract_on_worker(jobs: Sequence[ExtractJob]) -> list:
+    """A chunk of a batch on a Dask worker (flows/dask_extraction.py), in the worker's own
+    process: the cluster's worker processes are the pool."""
+    return extract_batch(list(jobs))
 
 
 @task(name="dedup-articles", **_TASK)
