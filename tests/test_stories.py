@@ -328,6 +328,32 @@ def test_second_batch_joins_the_stories_of_the_first_through_the_index(tmp_path,
         assert parquet == 11
 
 
+def test_maintenance_archives_the_band_keys_and_later_loads_find_them_there(tmp_path, demo):
+    """Loads add band keys to the small `story_index` only; maintenance's checkpoint moves them to
+    `story_index_archive` (DuckDB writes a changed ART index out whole: a poll must not change the
+    big one). Stories found through the archive are those found without it."""
+    from warehouse.maintenance import checkpoint
+
+    first, second = two_batches(demo)
+    counts = "SELECT (SELECT count(*) FROM story_index), (SELECT count(*) FROM story_index_archive)"
+    with Warehouse(tmp_path / "plain") as wh:
+        load(wh, "b1", article_rows(first, "b1"))
+        load(wh, "b2", article_rows(second, "b2"))
+        expected = stored_stories(wh)
+    keys = 6 * stories.PARAMS.bands
+    with Warehouse(tmp_path / "data") as wh:
+        load(wh, "b1", article_rows(first, "b1"))
+        checkpoint(wh.con)
+        assert wh.con.execute(counts).fetchone() == (0, keys)
+        load(wh, "b2", article_rows(second, "b2"))
+        assert wh.con.execute(counts).fetchone() == (
+            len(second) * stories.PARAMS.bands,
+            keys,
+        )  # archive untouched
+        assert stored_stories(wh) == expected
+        assert story_counts(wh.con)["index_rows"] == keys + len(second) * stories.PARAMS.bands
+
+
 def test_order_of_the_rows_in_a_batch_does_not_matter(tmp_path, demo):
     arts, _ = batch_of_20(demo)
     items = [(a.article_id, a.text, a.when, f"outlet{i % 4}.test") for i, a in enumerate(arts)]

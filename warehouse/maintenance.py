@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 
 from warehouse.files import TMP_SUFFIX, fsync_dir
 from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, Warehouse, connect, migrate, parquet_glob
-from warehouse.stories import rebuild_story_index
+from warehouse.stories import archive_story_index, rebuild_story_index
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +468,10 @@ def _compact_one(
 
 
 def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
-    """Write DuckDB's WAL into the database file (and let it reuse freed blocks)."""
+    """Write DuckDB's WAL into the database file (and let it reuse freed blocks), after moving the
+    day's story band keys into ``story_index_archive``: this checkpoint, once a day, is the one that
+    writes the archive's index (what polls must not do: it costs the whole index)."""
+    archive_story_index(con)
     con.execute("CHECKPOINT")
 
 

@@ -43,15 +43,28 @@ IndexRow = tuple[int, str]  # (band key, article_id)
 # answered from the ART index, when there are at most ``dynamic_or_filter_threshold`` of them
 # (default 50): :func:`_keys` raises it for the query (measured: 6,400 keys against 16M index
 # rows, 60 ms with the index, 200-300 ms as a scan).
-SQL_POSTINGS = "SELECT s.band, s.article_id FROM story_keys k JOIN story_index s ON s.band = k.key"
+# The band keys are in two tables (migration 009): `story_index` (added since the last maintenance
+# run) and `story_index_archive` (the rest); each lookup reads both, each through its ART index.
+SQL_POSTINGS = """
+    SELECT s.band, s.article_id FROM story_keys k JOIN story_index s ON s.band = k.key
+    UNION ALL
+    SELECT s.band, s.article_id FROM story_keys k JOIN story_index_archive s ON s.band = k.key
+"""
 SQL_STORED = """
     SELECT a.article_id, a.story_id, coalesce(a.published_at, a.fetched_at) AS placed_at, a.text
     FROM story_keys k JOIN articles a ON a.article_id = k.key
 """
 SQL_OR_FILTER_SETTING = "SELECT current_setting('dynamic_or_filter_threshold')"
 SQL_INSERT_INDEX = "INSERT INTO story_index SELECT band, article_id FROM story_index_incoming"
-SQL_DELETE_INDEX_OF = "DELETE FROM story_index WHERE article_id IN (SELECT key FROM story_keys)"
-SQL_CLEAR_INDEX = "DELETE FROM story_index"
+SQL_DELETE_INDEX_OF = (
+    "DELETE FROM story_index WHERE article_id IN (SELECT key FROM story_keys)",
+    "DELETE FROM story_index_archive WHERE article_id IN (SELECT key FROM story_keys)",
+)
+SQL_CLEAR_INDEX = ("DELETE FROM story_index", "DELETE FROM story_index_archive")
+SQL_ARCHIVE_INDEX = (
+    "INSERT INTO story_index_archive SELECT band, article_id FROM story_index",
+    "DELETE FROM story_index",
+)
 SQL_CANONICAL_ORDER = """
     SELECT article_id, coalesce(published_at, fetched_at) AS placed_at, story_id
     FROM articles ORDER BY placed_at, article_id
@@ -75,7 +88,7 @@ SQL_INSERT_BATCH = "INSERT INTO load_batches VALUES (?, ?, ?, ?, false)"
 SQL_COUNTS = """
     SELECT count(*) FILTER (WHERE story_id IS NOT NULL), count(DISTINCT story_id) FROM articles
 """
-SQL_INDEX_ROWS = "SELECT count(*) FROM story_index"
+SQL_INDEX_ROWS = "SELECT (SELECT count(*) FROM story_index) + (SELECT count(*) FROM story_index_archive)"
 
 INDEX_SCHEMA = pa.schema([("band", pa.int64()), ("article_id", pa.string())])
 CHUNK = 1000  # articles per step of recluster / rebuild_story_index
@@ -226,19 +239,41 @@ def reindex_articles(
     if not article_ids:
         return 0
     with _keys(con, sorted(set(article_ids)), pa.string()):
-        con.execute(SQL_DELETE_INDEX_OF)
+        for sql in SQL_DELETE_INDEX_OF:
+            con.execute(sql)
     return insert_story_index(con, _index_rows_of(con, article_ids, params))
 
 
 def rebuild_story_index(con: duckdb.DuckDBPyConnection, params: StoryParams = PARAMS) -> int:
     """Recompute every article's index rows from its stored text, keeping the stories as they are
     (after ``newsflow warehouse rebuild``: the index is not in Parquet). Returns the rows written."""
-    con.execute(SQL_CLEAR_INDEX)
+    for sql in SQL_CLEAR_INDEX:
+        con.execute(sql)
     ids = [r[0] for r in con.execute(SQL_CANONICAL_ORDER).fetchall() if r[2] is not None]
     written = 0
     for start in range(0, len(ids), CHUNK):
         written += insert_story_index(con, _index_rows_of(con, ids[start : start + CHUNK], params))
     return written
+
+
+def archive_story_index(con: duckdb.DuckDBPyConnection) -> int:
+    """Move the band keys added since the last run into ``story_index_archive``, in one
+    transaction; maintenance does it before its checkpoint. Polls only ever add to the small
+    ``story_index``: DuckDB 1.5.5 writes a changed ART index out whole at a checkpoint, so the one
+    that ends a poll then costs what a day's keys cost, not what the whole history's would
+    (``benchmarks/growth.py``). Returns the rows moved."""
+    moved = con.execute("SELECT count(*) FROM story_index").fetchone()[0]
+    if not moved:
+        return 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for sql in SQL_ARCHIVE_INDEX:
+            con.execute(sql)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return moved
 
 
 # --------------------------------------------------------------------------- recluster
@@ -277,7 +312,8 @@ def recluster(wh, run_id: str, load_batch: str, params: StoryParams = PARAMS) ->
     try:
         order = con.execute(SQL_RECLUSTER_ORDER).fetchall()
         old = {article_id: story_id for article_id, _, story_id, _, _ in order}
-        con.execute(SQL_CLEAR_INDEX)
+        for sql in SQL_CLEAR_INDEX:
+            con.execute(sql)
         new: dict[str, str] = {}
         story_of_article: dict[str, str] = {}  # article_key -> the story of its versions so far
         for chunk in _version_safe_chunks(order):
