@@ -87,6 +87,7 @@ def test_dask_setting():
 def test_poll_on_a_dask_cluster_stores_what_a_local_poll_stores(
     prefect_api, newsflow_env, tmp_path, wire_site
 ):
+    from flows.backfill import backfill_flow
     from flows.poll import poll_flow
 
     feeds_file = tmp_path / "feeds.toml"
@@ -101,6 +102,8 @@ def test_poll_on_a_dask_cluster_stores_what_a_local_poll_stores(
         on_dask = poll_flow(
             feeds_file=str(feeds_file), data_dir=str(on_dask_dir), now=NOW, dask=cluster.scheduler_address
         )
+        # Re-extraction of the stored raw pages on the cluster finds the same texts.
+        reextracted = backfill_flow(reextract=True, data_dir=str(on_dask_dir), dask=cluster.scheduler_address)
     on_dask_seconds = time.monotonic() - started
     local = poll_flow(feeds_file=str(feeds_file), data_dir=str(local_dir), now=NOW)
     local_seconds = time.monotonic() - started - on_dask_seconds
@@ -114,6 +117,8 @@ def test_poll_on_a_dask_cluster_stores_what_a_local_poll_stores(
     assert task_run_names(on_dask["run_id"]).count("extract-on-worker") == 2
     assert "extract-pages" not in task_run_names(on_dask["run_id"])
     assert "extract-on-worker" not in task_run_names(local["run_id"])
+    assert reextracted["articles_considered"] == 14 and reextracted["articles_changed"] == 0
+    assert task_run_names(reextracted["run_id"]).count("extract-on-worker") == 2
     assert len(workers) == 2
 
     for name, key in (("articles", "article_id"), ("entries", "entry_key")):
