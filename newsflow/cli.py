@@ -273,9 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     # Command groups with modules of their own.
-    from newsflow import cli_backfill, cli_feeds, cli_report, cli_serve, cli_stories, cli_warehouse
+    from newsflow import (
+        cli_backfill,
+        cli_feeds,
+        cli_report,
+        cli_search,
+        cli_serve,
+        cli_stories,
+        cli_warehouse,
+    )
 
-    for group in (cli_feeds, cli_backfill, cli_warehouse, cli_serve, cli_stories, cli_report):
+    for group in (cli_feeds, cli_backfill, cli_warehouse, cli_serve, cli_stories, cli_report, cli_search):
         group.register(sub)
     return parser
 

@@ -73,6 +73,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.files import TMP_SUFFIX, fsync_dir
+from warehouse.search import build_fts_index
 from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, Warehouse, connect, migrate, parquet_glob
 from warehouse.stories import archive_story_index, rebuild_story_index
 
@@ -468,10 +469,15 @@ def _compact_one(
 
 
 def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
-    """Write DuckDB's WAL into the database file (and let it reuse freed blocks), after moving the
-    day's story band keys into ``story_index_archive``: this checkpoint, once a day, is the one that
-    writes the archive's index (what polls must not do: it costs the whole index)."""
+    """Write DuckDB's WAL into the database file (and let it reuse freed blocks), after the work
+    that costs in proportion to the whole warehouse and so is done here, once a day, never in a
+    poll: the day's story band keys moved into ``story_index_archive`` (this checkpoint writes the
+    archive's index out whole), and the full-text index of the articles built again when articles
+    changed (``warehouse.search``: the extension can only build it whole)."""
     archive_story_index(con)
+    fts = build_fts_index(con, datetime.now(UTC))
+    if not fts.built and fts.reason and "not installed" in fts.reason:
+        log.warning("full-text index not built: %s; phrase search scans the texts", fts.reason)
     con.execute("CHECKPOINT")
 
 
