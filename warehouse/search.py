@@ -30,6 +30,9 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+
+from warehouse.stories import _keys  # a key table joined through the primary key's ART index
 
 FTS_SCHEMA = "fts_main_articles"
 # Each statement is a constant: the schema name is fixed by the extension (fts_main_<table>).
@@ -57,10 +60,11 @@ SQL_CHANGED_SINCE = """
          + (SELECT count(*) FROM extraction_history WHERE replaced_at > $built_at)
 """
 
-# The search: the articles the index names (every term of the phrase) plus those stored or
-# re-extracted after the index was built, then the phrase itself on those only.
-SQL_SEARCH_INDEXED = """
-WITH candidates AS (
+# The search, in three steps. 1: the articles the index names (every term of the phrase) plus those
+# stored or re-extracted after it was built. 2: their rows, fetched by primary key (an index scan:
+# warehouse.stories._keys). 3: those that hold the phrase. In one query DuckDB would apply the
+# pattern to every text in its scan of `articles`.
+SQL_FTS_CANDIDATES = """
     SELECT article_id FROM (
         SELECT article_id, fts_main_articles.match_bm25(article_id, $terms, conjunctive := 1) AS score FROM articles
     ) WHERE score IS NOT NULL
@@ -68,22 +72,32 @@ WITH candidates AS (
     SELECT article_id FROM articles
     WHERE load_batch IN (SELECT load_batch FROM load_batches WHERE committed_at > $built_at)
        OR article_id IN (SELECT article_id FROM extraction_history WHERE replaced_at > $built_at)
-)
 """
-SQL_SEARCH_SCAN = "WITH candidates AS (SELECT article_id FROM articles)\n"
-# The README's phrase search, over every article (versions: all, or the latest of each URL; the
-# latest is the one no later version of the same article_key follows).
-SQL_SEARCH_BODY = """
+# The README's phrase search (originals; the latest version of each URL, i.e. the version no later
+# one of the same article_key follows, unless $all_versions), over the candidates or every article.
+_SEARCH_SELECT = """
 SELECT a.published_at, coalesce(f.name, a.sitename) AS outlet, a.title, a.url, a.article_id, a.version
-FROM articles a LEFT JOIN feeds f USING (feed_url)
-WHERE a.article_id IN (SELECT article_id FROM candidates)
-  AND a.duplicate_of IS NULL
+"""
+_SEARCH_WHERE = """
+WHERE a.duplicate_of IS NULL
   AND regexp_matches(a.text, $pattern)
   AND ($all_versions OR NOT EXISTS (
         SELECT 1 FROM articles b
         WHERE b.version > 1 AND b.article_key = a.article_key AND b.version > a.version))
 ORDER BY a.published_at DESC NULLS LAST, a.article_id
 """
+# Alone, so that DuckDB answers it from the primary key (with a filter on the text it scans).
+SQL_CANDIDATE_ROWS = """
+    SELECT a.article_id, a.article_key, a.version, a.published_at, a.sitename, a.title, a.url, a.feed_url,
+           a.duplicate_of, a.text
+    FROM story_keys k JOIN articles a ON a.article_id = k.key
+"""
+SQL_SEARCH_CANDIDATES = (
+    _SEARCH_SELECT + "FROM candidate_rows a LEFT JOIN feeds f ON f.feed_url = a.feed_url" + _SEARCH_WHERE
+)
+SQL_SEARCH_SCAN = (
+    _SEARCH_SELECT + "FROM articles a LEFT JOIN feeds f ON f.feed_url = a.feed_url" + _SEARCH_WHERE
+)
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits: what a phrase's words are made of
 
@@ -173,16 +187,22 @@ def search(
     """The articles (originals, not duplicates; the latest version of each URL unless
     ``all_versions``) whose text holds ``phrase``, latest published first."""
     pattern = phrase_pattern(phrase)
+    params = {"pattern": pattern, "all_versions": all_versions}
     built_at = index_built_at(con) if use_index else None
     terms = _indexable_terms(con, phrase) if built_at is not None and load_fts(con) else []
     if terms:
-        sql, params = SQL_SEARCH_INDEXED + SQL_SEARCH_BODY, {"terms": " ".join(terms), "built_at": built_at}
-        method = "fts"
-    else:
-        sql, params, method, built_at = SQL_SEARCH_SCAN + SQL_SEARCH_BODY, {}, "scan", None
-    cur = con.execute(sql, {**params, "pattern": pattern, "all_versions": all_versions})
-    columns = [d[0] for d in cur.description]
-    return SearchResult(columns, cur.fetchall(), method, built_at)
+        found = con.execute(SQL_FTS_CANDIDATES, {"terms": " ".join(terms), "built_at": built_at}).fetchall()
+        with _keys(con, sorted(r[0] for r in found), pa.string()):
+            candidates = con.execute(SQL_CANDIDATE_ROWS).to_arrow_table()
+        con.register("candidate_rows", candidates)
+        try:
+            cur = con.execute(SQL_SEARCH_CANDIDATES, params)
+            columns, rows = [d[0] for d in cur.description], cur.fetchall()
+        finally:
+            con.unregister("candidate_rows")
+        return SearchResult(columns, rows, "fts", built_at)
+    cur = con.execute(SQL_SEARCH_SCAN, params)
+    return SearchResult([d[0] for d in cur.description], cur.fetchall(), "scan", None)
 
 
 def _indexable_terms(con: duckdb.DuckDBPyConnection, phrase: str) -> list[str]:
