@@ -25,7 +25,7 @@ from flows.dask_extraction import run_extraction
 from flows.pipeline import process_pages, seeded_politeness
 from flows.poll import BUSY_STATE
 from flows.reextract import reextract_articles
-from flows.reporting import failed_on_full_disk
+from flows.reporting import dead_writer_reporter, failed_on_full_disk
 from newsflow.settings import build_settings
 from tasks import dedup, sources
 from tasks import prefect_tasks as t
@@ -79,7 +79,13 @@ def backfill_flow(
     ctx = RunContext.new("backfill", flow_run.id)
     summary = RunSummary(run_id=ctx.run_id)
     session = partial(
-        writer_session, settings.data_dir, settings.lock_timeout, f"backfill run {ctx.run_id}", logger.warning
+        writer_session,
+        settings.data_dir,
+        settings.lock_timeout,
+        f"backfill run {ctx.run_id}",
+        logger.warning,
+        run_id=ctx.run_id,
+        on_dead_holder=dead_writer_reporter(f"backfill run {ctx.run_id}", logger),
     )
     try:
         with session() as wh:

@@ -19,10 +19,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.poll import BUSY_STATE
-from flows.reporting import best_effort_report
+from flows.reporting import best_effort_report, dead_writer_reporter
 from newsflow.settings import build_settings
 from warehouse import maintenance as m
 from warehouse.lock import WarehouseBusy, WriterLock
@@ -62,7 +63,14 @@ def maintenance_flow(data_dir: str | None = None, raw_retention_days: int | None
     with ExitStack() as stack:
         try:
             stack.enter_context(
-                WriterLock(settings.data_dir, settings.lock_timeout, "maintenance", on_wait=logger.warning)
+                WriterLock(
+                    settings.data_dir,
+                    settings.lock_timeout,
+                    "maintenance",
+                    on_wait=logger.warning,
+                    run_id=flow_run.id,
+                    on_dead_holder=dead_writer_reporter("maintenance", logger),
+                )
             )
         except WarehouseBusy as exc:
             logger.error(str(exc))

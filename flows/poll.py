@@ -18,7 +18,7 @@ from prefect.states import Failed
 
 from flows.dask_extraction import run_extraction
 from flows.pipeline import process_pages, seeded_politeness
-from flows.reporting import best_effort_report, failed_on_full_disk
+from flows.reporting import best_effort_report, dead_writer_reporter, failed_on_full_disk
 from newsflow.settings import Settings, build_settings
 from tasks import prefect_tasks as t
 from tasks.load import RunContext, RunSummary
@@ -60,7 +60,12 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
         try:
             stack.enter_context(
                 WriterLock(
-                    settings.data_dir, settings.lock_timeout, f"poll run {ctx.run_id}", on_wait=logger.warning
+                    settings.data_dir,
+                    settings.lock_timeout,
+                    f"poll run {ctx.run_id}",
+                    on_wait=logger.warning,
+                    run_id=ctx.run_id,
+                    on_dead_holder=dead_writer_reporter(f"poll run {ctx.run_id}", logger),
                 )
             )
         except WarehouseBusy as exc:

@@ -8,11 +8,18 @@ from pathlib import Path
 from newsflow.cli import _quiet_prefect, console, err
 
 
+class _ConsoleLog:
+    """The ``logger.warning(fmt, *args)`` the dead-writer report expects, on the console."""
+
+    def warning(self, message: str, *args) -> None:
+        err.print(message % args, style="yellow", markup=False)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from prefect import serve
 
-    from newsflow.serve import deployments_from_yaml
+    from newsflow.serve import deployments_from_yaml, reclaim_dead_writers, warehouse_dirs
 
     if not args.prefect_file.exists():
         err.print(f"[red]newsflow serve: no {args.prefect_file}[/red]")
@@ -22,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "feeds_file": str(args.feeds) if args.feeds else None,
     }
     deployments = deployments_from_yaml(args.prefect_file, overrides)
+    reclaim_dead_writers(warehouse_dirs(deployments), _ConsoleLog())
     console.print(
         f"serving {', '.join(d.name for d in deployments)} from {args.prefect_file} (Ctrl-C to stop)"
     )

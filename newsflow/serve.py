@@ -60,3 +60,38 @@ def deployments_from_yaml(prefect_yaml: Path, overrides: dict | None = None) -> 
             )
         )
     return out
+
+
+def reclaim_dead_writers(data_dirs: list[Path], logger) -> list[dict]:
+    """At start-up: for each warehouse whose last writer died holding it (a runner killed with
+    SIGKILL, say), report it and mark its flow run crashed, which frees its deployment's
+    concurrency slot. Without this, the poll deployment (concurrency limit 1) would wait for the
+    dead run's slot lease to expire: about 5 minutes on a Prefect server, and for ever on the
+    temporary one, whose leases live in memory. A warehouse being written right now is left
+    alone. Returns the dead holders found."""
+    from flows.reporting import dead_writer_reporter
+    from warehouse.lock import WarehouseBusy, WriterLock
+
+    found = []
+    for data_dir in dict.fromkeys(data_dirs):
+        if not (data_dir / ".writer.lock").exists():
+            continue
+        lock = WriterLock(
+            data_dir,
+            0,
+            "newsflow serve start-up check",
+            on_dead_holder=dead_writer_reporter("newsflow serve at start-up", logger),
+        )
+        try:
+            with lock:
+                pass
+        except WarehouseBusy:
+            continue  # a live writer has it
+        if lock.dead_holder is not None:
+            found.append(lock.dead_holder)
+    return found
+
+
+def warehouse_dirs(deployments: list) -> list[Path]:
+    """The ``data_dir`` parameters of the deployments."""
+    return [Path(d.parameters["data_dir"]) for d in deployments if d.parameters.get("data_dir")]

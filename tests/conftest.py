@@ -84,10 +84,14 @@ def site_factory():
 def prefect_api():
     """One temporary Prefect server for the whole session; yields its API URL so that
     subprocesses (the CLI) can use it instead of starting their own."""
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # The test server must not try to reach Prefect's telemetry host (only loopback here).
+    with (
+        temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield PREFECT_API_URL.value()
 
 

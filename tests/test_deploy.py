@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from builders import RSS, feeds_toml, make_story, page_route, rss_feed
+from builders import RSS, feeds_toml, make_story, measured, page_route, rss_feed
 from conftest import TEST_ENV
 
 from newsflow.loopback import Route
@@ -156,3 +156,112 @@ def test_newsflow_serve_runs_the_same_deployments(prefect_api, tmp_path, feed_si
             serve.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
+
+
+def _start_serve(env: dict, data: Path, feeds: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsflow.cli", "serve", "--prefect-file", str(REPO / "prefect.yaml"),
+         "--data-dir", str(data), "--feeds", str(feeds)],
+        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_runner_killed_mid_poll_leaves_no_stuck_slot_and_no_zombie_run(prefect_api, tmp_path, site):
+    """``newsflow serve`` killed with SIGKILL while its poll run holds the warehouse: Prefect
+    still shows that run "Running" and its deployment's only concurrency slot taken (its lease
+    would expire in 5 minutes on a server, never on a temporary one). The next ``newsflow serve``
+    finds the dead writer in the lock file, marks its run crashed (which frees the slot), and the
+    next poll runs at once and completes the work; nothing is lost or doubled."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    held = threading.Event()
+    release = threading.Event()
+    stories = [make_story(i, seed=13) for i in range(2)]
+    slow_page = page_route(stories[0])
+
+    def held_page(h):  # the first run's request waits here until its runner has been killed
+        held.set()
+        release.wait(60)
+        h.send_response(200)
+        h.send_header("Content-Type", slow_page.content_type)
+        h.send_header("Content-Length", str(len(slow_page.body)))
+        h.end_headers()
+        h.wfile.write(slow_page.body)
+
+    site.routes["/held.html"] = Route(handler=held_page)
+    site.routes["/quick.html"] = page_route(stories[1])
+    site.routes["/rss.xml"] = Route(
+        body=rss_feed(
+            [(stories[0], site.url("/held.html"), "a"), (stories[1], site.url("/quick.html"), "b")]
+        ),
+        content_type=RSS,
+    )
+    feeds = tmp_path / "feeds.toml"
+    feeds.write_text(feeds_toml([site.url("/rss.xml")]))
+    data = tmp_path / "data"
+    env = _env(prefect_api, tmp_path / "home")
+
+    def start_poll(timeout: float, serve: subprocess.Popen, log: Path):
+        # Only once this serve has registered its deployments: registering the same deployment
+        # again (an earlier test or serve did) deletes the runs it has scheduled.
+        deadline = time.monotonic() + 120
+        while "being served" not in log.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        return run_deployment("newsflow-poll/poll", timeout=timeout)
+
+    async def state_of(run_id):
+        async with get_client() as client:
+            return (await client.read_flow_run(run_id)).state
+
+    first_serve = _start_serve(env, data, feeds, tmp_path / "serve1.log")
+    second_serve = None
+    try:
+        first = start_poll(0, first_serve, tmp_path / "serve1.log")
+        assert held.wait(120), (tmp_path / "serve1.log").read_text()[-3000:]
+        os.killpg(first_serve.pid, signal.SIGKILL)  # the runner and its flow run's process
+        first_serve.wait(timeout=20)
+        assert asyncio.run(state_of(first.id)).is_running()  # Prefect cannot know
+        assert (data / ".writer.lock").read_text().strip()  # the dead holder's name is still there
+        release.set()
+
+        second_serve = _start_serve(env, data, feeds, tmp_path / "serve2.log")
+        started = time.monotonic()
+        second = start_poll(150, second_serve, tmp_path / "serve2.log")
+        took = time.monotonic() - started
+        log = (tmp_path / "serve2.log").read_text()
+        measured(
+            "crashed_slot_holder",
+            "runner killed mid-poll: seconds until the next poll completed",
+            seconds=took,
+        )
+        assert second.state.is_completed(), (second.state, log[-3000:])
+        assert took < 90, took
+        crashed = asyncio.run(state_of(first.id))
+        assert crashed.is_crashed(), crashed
+        assert "died while it held the warehouse" in crashed.message and str(first.id) in crashed.message
+        assert "died without finishing" in log, log[-3000:]
+    finally:
+        release.set()
+        _stop(first_serve, signal.SIGKILL)
+        if second_serve is not None:
+            _stop(second_serve)
+    con = duckdb.connect(str(data / "newsflow.duckdb"), read_only=True)
+    try:
+        urls = [u for (u,) in con.execute("SELECT url FROM articles WHERE text IS NOT NULL").fetchall()]
+    finally:
+        con.close()
+    assert sorted(urls) == sorted([site.url("/held.html"), site.url("/quick.html")])  # none lost, none twice

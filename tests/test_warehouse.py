@@ -329,18 +329,31 @@ def test_recover_removes_orphaned_temporaries(tmp_path, ctx):
     data = tmp_path / "data"
     with Warehouse(data) as wh:
         wh.load_batch("B0001", ctx.run_id, make_rows(ctx, "B0001", 1, DAY1))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer that is gone: its pid names its leftovers
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     part = data / "parquet" / "articles" / "ingest_date=2024-03-01"
-    orphan1 = part / f".B0009.parquet.4242{TMP_SUFFIX}"
+    orphan1 = part / f".B0009.parquet.{dead.pid}{TMP_SUFFIX}"
     orphan1.write_bytes(b"half a parquet file")
     (data / "raw" / "2024-03-01").mkdir(parents=True)
-    orphan2 = data / "raw" / "2024-03-01" / f".B0009.warc.gz.4242{TMP_SUFFIX}"
+    orphan2 = data / "raw" / "2024-03-01" / f".B0009.warc.gz.{dead.pid}{TMP_SUFFIX}"
     orphan2.write_bytes(b"half a warc")
+    # A backfill writes its raw archive outside the writer lock: a live writer's file stays.
+    in_flight = data / "raw" / "2024-03-01" / f".B0010.warc.gz.{alive.pid}{TMP_SUFFIX}"
+    in_flight.write_bytes(b"a warc being written")
     keep = part / "B0001.parquet"
     # readers never see the temporaries
     assert _parquet_count(data, "articles") == 1
+    try:
+        with Warehouse(data) as wh:
+            assert wh.recover() == {"temporary_files_removed": 2, "batches_reexported": 0, "indexes_rebuilt": 0}
+        assert not orphan1.exists() and not orphan2.exists()
+        assert in_flight.exists()
+    finally:
+        alive.kill()
+        alive.wait()
     with Warehouse(data) as wh:
-        assert wh.recover() == {"temporary_files_removed": 2, "batches_reexported": 0, "indexes_rebuilt": 0}
-    assert not orphan1.exists() and not orphan2.exists()
+        assert wh.recover()["temporary_files_removed"] == 1  # its writer is gone now
     assert keep.is_file()
     assert _tmp_files(data) == []
     assert remove_orphaned_temporaries(tmp_path / "does-not-exist") == []
@@ -413,7 +426,7 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
         import sys, time
         from pathlib import Path
         from warehouse.lock import WriterLock
-        with WriterLock(Path({str(data)!r}), timeout=5, purpose="doomed writer"):
+        with WriterLock(Path({str(data)!r}), timeout=5, purpose="doomed writer", run_id="run-1"):
             print("locked", flush=True)
             time.sleep(60)
         """
@@ -427,8 +440,22 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
         assert "doomed writer" in str(info.value) and f"pid {proc.pid}" in str(info.value)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        with WriterLock(data, timeout=3, purpose="survivor", poll_interval=0.05) as lock:
+        found = []
+        with WriterLock(
+            data, timeout=3, purpose="survivor", poll_interval=0.05, on_dead_holder=found.append
+        ) as lock:
             assert "survivor" in lock.path.read_text()
+        # The dead holder is named to the next writer (who marks its flow run crashed) ...
+        assert found == [lock.dead_holder]
+        assert (lock.dead_holder["purpose"], lock.dead_holder["run_id"], lock.dead_holder["pid"]) == (
+            "doomed writer",
+            "run-1",
+            proc.pid,
+        )
+        # ... while a holder that let go normally leaves nobody to report.
+        with WriterLock(data, timeout=3, purpose="next", on_dead_holder=found.append) as lock:
+            assert lock.dead_holder is None
+        assert len(found) == 1
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -530,8 +557,18 @@ def test_a_writer_that_died_has_its_secondary_indexes_rebuilt(tmp_path, ctx):
     subprocess.run([sys.executable, "-c", code, str(data)], check=False)
     assert (data / OPEN_MARKER).exists()
     with Warehouse(data) as wh:
-        indexes = {r[0] for r in wh.con.execute("SELECT index_name FROM duckdb_indexes() WHERE NOT is_unique AND NOT is_primary").fetchall()}
+        indexes = {
+            r[0]
+            for r in wh.con.execute(
+                "SELECT index_name FROM duckdb_indexes() WHERE NOT is_unique AND NOT is_primary"
+            ).fetchall()
+        }
         assert set(wh.rebuilt_indexes) == indexes and "story_index_band" in indexes
         assert wh.recover()["indexes_rebuilt"] == len(indexes)
-        assert wh.con.execute("SELECT count(*) FROM entries WHERE feed_url = (SELECT any_value(feed_url) FROM entries)").fetchone()[0] > 0
+        assert (
+            wh.con.execute(
+                "SELECT count(*) FROM entries WHERE feed_url = (SELECT any_value(feed_url) FROM entries)"
+            ).fetchone()[0]
+            > 0
+        )
     assert not (data / OPEN_MARKER).exists()

@@ -606,14 +606,22 @@ def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 
 @contextmanager
 def writer_session(
-    data_dir: Path, lock_timeout: float, purpose: str, on_wait: Callable[[str], None] | None = None
+    data_dir: Path,
+    lock_timeout: float,
+    purpose: str,
+    on_wait: Callable[[str], None] | None = None,
+    run_id: str | None = None,
+    on_dead_holder: Callable[[dict], None] | None = None,
 ) -> Iterator[Warehouse]:
     """The writer lock and a warehouse connection, for one unit of work (a backfill batch).
 
     Closing the connection matters as much as releasing the lock: DuckDB lets no other process
     open the file, even to read, while this one has it open.
     """
-    with WriterLock(data_dir, lock_timeout, purpose, on_wait=on_wait), Warehouse(data_dir) as wh:
+    lock = WriterLock(
+        data_dir, lock_timeout, purpose, on_wait=on_wait, run_id=run_id, on_dead_holder=on_dead_holder
+    )
+    with lock, Warehouse(data_dir) as wh:
         # A writer killed between its commit and its export leaves a batch the Parquet files lack:
         # export it before anything (a partition rewrite, say) reads the Parquet side.
         wh.export_pending()
