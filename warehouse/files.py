@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,11 +65,37 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def remove_orphaned_temporaries(root: Path) -> list[Path]:
-    """Temporary files left by a killed writer. Call only while holding the writer lock."""
+    """Temporary files left by a killed writer. Call only while holding the writer lock.
+
+    A file whose writer is still alive is not an orphan: a backfill writes its batch's raw
+    archive while it does not hold the lock (the archive overlaps the extraction), and a poll
+    that took the lock in between must not pull that file from under it. The writer's pid is in
+    the name (``.<name>.<pid>.newsflow-tmp``)."""
     if not root.exists():
         return []
     removed = []
     for tmp in root.rglob(f"*{TMP_SUFFIX}"):
+        if _writer_alive(tmp):
+            continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+_TMP_PID = re.compile(r"\.(\d+)" + re.escape(TMP_SUFFIX) + "$")
+
+
+def _writer_alive(tmp: Path) -> bool:
+    match = _TMP_PID.search(tmp.name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False  # our own leftovers (an earlier failed write of this process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
