@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from builders import RSS, feeds_toml, make_story, page_route, rss_feed
+from builders import RSS, feeds_toml, make_story, measured, page_route, rss_feed
 from conftest import subprocess_env
 from conftest import warehouse_rows as _rows
 
@@ -28,7 +28,9 @@ EX_IOERR = 74
 
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
 
@@ -68,18 +70,32 @@ def test_disk_full_fails_cleanly_and_the_next_run_completes(prefect_api, tmp_pat
     done = subprocess.run(poll, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == EX_IOERR, (done.returncode, done.stderr[-3000:])
     # One clear line of ours (Prefect's own log of the failed task comes before it).
-    ours = [line for line in done.stderr.splitlines() if line.startswith("newsflow: the warehouse's disk is full")]
+    ours = [
+        line for line in done.stderr.splitlines() if line.startswith("newsflow: the warehouse's disk is full")
+    ]
     assert len(ours) == 1 and "No space left on device" in ours[0] and "free some space" in ours[0]
 
     # What a reader sees: whole batches only, every visible Parquet file whole, no partial WARC.
     stored = _rows(data, "SELECT count(*), count(DISTINCT url_key) FROM articles")[0]
+    measured(
+        "disk_full",
+        "poll on a full disk: rows kept (whole batches of 10)",
+        rows=stored[0],
+        rows_twice=stored[0] - stored[1],
+    )
     assert stored[0] == stored[1] and 30 <= stored[0] < 150 and (stored[0] - 30) % 10 == 0
     for f in data.rglob("*.parquet"):
         pq.read_metadata(f)
-    referenced = {r[0] for r in _rows(data, "SELECT DISTINCT raw_path FROM articles WHERE raw_path IS NOT NULL")}
+    referenced = {
+        r[0] for r in _rows(data, "SELECT DISTINCT raw_path FROM articles WHERE raw_path IS NOT NULL")
+    }
     on_disk = {str(p.relative_to(data)) for p in (data / "raw").rglob("*.warc.gz")}
-    feeds_raw = {r[0] for r in _rows(data, "SELECT DISTINCT raw_path FROM fetch_log WHERE raw_path IS NOT NULL")}
-    assert on_disk <= referenced | feeds_raw, f"raw files no row refers to: {sorted(on_disk - referenced - feeds_raw)}"
+    feeds_raw = {
+        r[0] for r in _rows(data, "SELECT DISTINCT raw_path FROM fetch_log WHERE raw_path IS NOT NULL")
+    }
+    assert on_disk <= referenced | feeds_raw, (
+        f"raw files no row refers to: {sorted(on_disk - referenced - feeds_raw)}"
+    )
 
     # A backfill on the full disk stops the same way.
     urls = tmp_path / "urls.txt"
@@ -98,7 +114,11 @@ def test_disk_full_fails_cleanly_and_the_next_run_completes(prefect_api, tmp_pat
     assert _rows(data, "SELECT count(*), count(DISTINCT url_key) FROM articles") == [(150, 150)]
     assert not list(data.rglob(f"*{TMP_SUFFIX}"))
     check = subprocess.run(
-        NEWSFLOW + ["warehouse", "check", "--data-dir", str(data)], env=env, capture_output=True, text=True, timeout=120
+        NEWSFLOW + ["warehouse", "check", "--data-dir", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert os.path.ismount(small_disk)

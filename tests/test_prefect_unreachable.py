@@ -14,7 +14,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from builders import RSS, feeds_toml, make_story, page_route, rss_feed
+from builders import RSS, feeds_toml, make_story, measured, page_route, rss_feed
 from conftest import subprocess_env
 from conftest import warehouse_rows as _rows
 
@@ -111,6 +111,7 @@ def test_prefect_api_gone_mid_run(prefect_api, tmp_path, site):
     out, err = proc.communicate(timeout=GIVE_UP_WITHIN + 60)
     took = time.monotonic() - cut_at
 
+    measured("prefect_api_gone", "API cut mid-poll: seconds to exit 75", seconds=took)
     assert took < GIVE_UP_WITHIN, f"{took:.0f} s from the API's loss to the exit"
     assert proc.returncode == EX_TEMPFAIL, (proc.returncode, err[-3000:])
     assert "the Prefect API" in err and "could not be reached" in err

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builders import measured  # noqa: E402,F401 - re-exported for the family modules
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 

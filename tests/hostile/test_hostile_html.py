@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from builders import RSS, make_story, page_route, rss_feed
 from hostile_kit import fetch_log, poll_once, query, run_child
+from hostile_kit import measured as record
 
 from newsflow.loopback import Route
 
@@ -76,6 +77,7 @@ def test_hostile_pages_are_extracted_in_bounded_time_and_memory(tmp_path):
     report = run_child("extract_each", {"jobs": jobs}, timeout=180)
     measured = dict(zip(SHAPES, report.result, strict=True))
     for shape, got in measured.items():
+        record("hostile_html", shape, peak_mb=got["peak_growth_mb"], seconds=got["elapsed_s"])
         assert got["error"] is None or got["text_chars"] == 0, (shape, got)
         assert got["elapsed_s"] < 10, (shape, got)
         assert got["peak_growth_mb"] < 100, (shape, got)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from builders import RSS, make_story, page_route, rss_feed
-from hostile_kit import VirtualNet, fetch_log, poll_once, query, run_child
+from hostile_kit import VirtualNet, fetch_log, measured, poll_once, query, run_child
 
 from newsflow.loopback import Route
 
@@ -225,5 +225,6 @@ def test_an_enormous_feed_parses_in_bounded_time_and_memory(tmp_path):
     path.write_bytes(enormous_feed(5_000, "https://big.example"))
     report = run_child("parse", {"path": str(path), "url": "https://big.example/feed.xml"})
     assert report.result["entries"] == 5_000
+    measured("protocol", "a feed of 5,000 entries", peak_mb=report.peak_growth_mb, seconds=report.elapsed_s)
     assert report.peak_growth_mb < 48, report
     assert report.elapsed_s < 10, report

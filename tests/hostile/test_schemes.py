@@ -15,7 +15,7 @@ import json
 
 import pytest
 from builders import RSS, make_story, page_route, rss_feed
-from hostile_kit import ConnectionCounter, child_fetch, fetch_log, poll_once, query
+from hostile_kit import ConnectionCounter, child_fetch, fetch_log, measured, poll_once, query
 
 from newsflow.loopback import Route
 from tasks.fetch import FetchRequest, fetch_all
@@ -177,4 +177,6 @@ def test_refusals_in_a_child_process_stay_small(site, counter, secret_file):
         {"allow_private_networks": True, "host_min_delay": 0, "request_deadline": 5},
     )
     assert {r["error_class"] for r in report.result} <= {"bad_scheme", "bad_url"}
+    measured("schemes", f"{len(requests)} other-scheme URLs and redirects", peak_mb=report.peak_growth_mb,
+             seconds=report.elapsed_s, forbidden_hits=counter.accepted)  # fmt: skip
     assert report.peak_growth_mb < 32, report

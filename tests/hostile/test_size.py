@@ -16,7 +16,7 @@ import zlib
 import brotli
 import pytest
 from builders import RSS, make_story, page_route, rss_feed
-from hostile_kit import child_fetch, fetch_log, poll_once, query
+from hostile_kit import child_fetch, fetch_log, measured, poll_once, query
 
 from newsflow.loopback import LoopbackSite, Route
 from newsflow.settings import Settings
@@ -227,4 +227,6 @@ def test_memory_stays_within_a_small_multiple_of_the_cap(big_site):
     )
     assert {r["error_class"] for r in report.result} == {"too_large"}, report.result
     in_flight = 2  # one host, two requests at a time
+    measured("size", "bombs, endless bodies at the 15 MiB feed cap", peak_mb=report.peak_growth_mb,
+             seconds=report.elapsed_s, cap_mb=cap / MB)  # fmt: skip
     assert report.peak_growth_mb < in_flight * 2 * cap / MB + 8, report

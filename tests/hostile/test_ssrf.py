@@ -20,6 +20,7 @@ from hostile_kit import (
     VirtualNet,
     child_fetch,
     fetch_log,
+    measured,
     poll_once,
     query,
     url_host,
@@ -276,5 +277,7 @@ def test_refusals_in_a_child_process_stay_small(servers):
         net=net,
     )
     assert {r["error_class"] for r in report.result} <= REFUSED
+    measured("ssrf", f"{len(urls)} forbidden URLs and redirects", peak_mb=report.peak_growth_mb,
+             seconds=report.elapsed_s, forbidden_hits=sum(forbidden.hits.values()))  # fmt: skip
     assert sum(forbidden.hits.values()) == 0
     assert report.peak_growth_mb < 32, report

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from builders import RSS, make_story, page_route, rss_feed
-from hostile_kit import PUBLIC_IP, VirtualNet, child_fetch, fetch_log, poll_once
+from hostile_kit import PUBLIC_IP, VirtualNet, child_fetch, fetch_log, measured, poll_once
 
 from newsflow.loopback import LoopbackSite, Route
 from tasks.fetch import FetchRequest, fetch_all
@@ -201,6 +201,8 @@ def test_slow_servers_are_given_up_at_the_deadline(slow_site, never_accepts):
         QUICK,
     )
     assert {r["error_class"] for r in report.result} == {"timeout"}, report.result
+    measured("time", f"{len(report.result)} slow servers, deadline {DEADLINE} s", peak_mb=report.peak_growth_mb,
+             seconds=max(r["elapsed_ms"] for r in report.result) / 1000)  # fmt: skip
     assert max(r["elapsed_ms"] for r in report.result) <= (DEADLINE + 0.2) * 1000
     # the slow paths share one host, fetched two at a time (politeness): three rounds at most
     assert report.elapsed_s < 3 * DEADLINE + SLACK

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hostile_kit import child_fetch, fetch_log, poll_once, query
+from hostile_kit import child_fetch, fetch_log, measured, poll_once, query
 
 from newsflow.loopback import Route
 from tasks.fetch import FetchRequest, fetch_all
@@ -217,4 +217,6 @@ def test_tls_failures_in_a_child_process(tls_server):
     assert {r["error_class"] for r in report.result} == {"tls"}
     assert {r["attempts"] for r in report.result} == {1}
     assert tls_server.connections == 10 and tls_server.requests == 0
+    measured("tls", "10 untrusted certificates", peak_mb=report.peak_growth_mb, seconds=report.elapsed_s,
+             plaintext_requests=tls_server.requests)  # fmt: skip
     assert report.peak_growth_mb < 32, report

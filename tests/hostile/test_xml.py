@@ -17,7 +17,7 @@ import xml.sax.handler
 
 import pytest
 from builders import RSS, make_story, page_route, rss_feed
-from hostile_kit import fetch_log, poll_once, query, run_child
+from hostile_kit import fetch_log, measured, poll_once, query, run_child
 
 from newsflow.loopback import LoopbackSite, Route
 from tasks.parse import FeedParseError, ParsedFeed, parse_feed
@@ -293,6 +293,8 @@ def test_a_large_expansion_attack_stays_small_in_memory(tmp_path, encoding):
     path.write_bytes(body)
     report = run_child("parse", {"path": str(path), "url": "https://x.example/feed", "headers": headers})
     result = report.result
+    measured("xml", f"1 MB entity x 10,000 ({encoding})", peak_mb=report.peak_growth_mb, seconds=report.elapsed_s,
+             longest_field_over_document=result.get("longest_field", 0) / len(body))  # fmt: skip
     if "longest_field" in result:
         assert result["longest_field"] <= 4 * len(body)
     else:
@@ -326,6 +328,7 @@ def test_a_feed_too_costly_to_parse_is_given_up_at_its_bound(
     started = time.monotonic()
     summary = poll_once(tmp_path, [site.url("/costly.xml"), site.url("/fine.xml")], newsflow_env)
     took = time.monotonic() - started
+    measured("xml", "4 MiB of empty elements, parse bound 3 s", seconds=took)
     log = fetch_log(newsflow_env)
     assert log[site.url("/costly.xml")][1] == "parse_error"
     assert "gave up parsing the feed after 3 s" in log[site.url("/costly.xml")][2]
