@@ -341,11 +341,13 @@ def test_reextraction_updates_each_version_from_its_own_raw_page(prefect_api, ne
 
 
 def _old_migrations(monkeypatch):
-    """Create warehouses as migrations 001-006 left them (before article versions)."""
+    """Create warehouses as migrations 001-006 left them (before article versions). Today's code
+    writes them, and its story lookups read the archive of band keys: migration 009 (one table of
+    its own, touching nothing of 007's) comes first here."""
     import warehouse.store as store
 
     every = store._migrations()
-    monkeypatch.setattr(store, "_migrations", lambda: [x for x in every if x[0] < 7])
+    monkeypatch.setattr(store, "_migrations", lambda: [x for x in every if x[0] < 7 or x[0] == 9])
     return lambda: monkeypatch.setattr(store, "_migrations", lambda: every)
 
 
