@@ -232,10 +232,6 @@ SECONDARY_INDEXES = {
         "CREATE INDEX extraction_history_article ON extraction_history (article_id)",
     ),
     "story_index_band": ("story_index", "CREATE INDEX story_index_band ON story_index (band)"),
-    "story_index_archive_band": (
-        "story_index_archive",
-        "CREATE INDEX story_index_archive_band ON story_index_archive (band)",
-    ),
     "feed_events_feed": ("feed_events", "CREATE INDEX feed_events_feed ON feed_events (feed_url)"),
 }
 SQL_TABLE_EXISTS = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?"

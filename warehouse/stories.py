@@ -43,8 +43,12 @@ IndexRow = tuple[int, str]  # (band key, article_id)
 # answered from the ART index, when there are at most ``dynamic_or_filter_threshold`` of them
 # (default 50): :func:`_keys` raises it for the query (measured: 6,400 keys against 16M index
 # rows, 60 ms with the index, 200-300 ms as a scan).
-# The band keys are in two tables (migration 009): `story_index` (added since the last maintenance
-# run) and `story_index_archive` (the rest); each lookup reads both, each through its ART index.
+# The band keys are in two tables (migrations 009, 010): `story_index` (added since the last
+# maintenance run, ART-indexed) and `story_index_archive` (the rest, not indexed: DuckDB 1.5.5 writes
+# every ART index a process has loaded out at its checkpoint, so the poll that only looked keys up
+# in a 32M-key archive index paid for writing it). Each lookup reads both: the first through its
+# index, the second as a hash join over its band column (measured at 32M keys: 0.5 s for a batch's
+# 6,400 keys; it grows with the archive, about 0.5 s per batch and million articles).
 SQL_POSTINGS = """
     SELECT s.band, s.article_id FROM story_keys k JOIN story_index s ON s.band = k.key
     UNION ALL
@@ -258,10 +262,10 @@ def rebuild_story_index(con: duckdb.DuckDBPyConnection, params: StoryParams = PA
 
 def archive_story_index(con: duckdb.DuckDBPyConnection) -> int:
     """Move the band keys added since the last run into ``story_index_archive``, in one
-    transaction; maintenance does it before its checkpoint. Polls only ever add to the small
-    ``story_index``: DuckDB 1.5.5 writes a changed ART index out whole at a checkpoint, so the one
-    that ends a poll then costs what a day's keys cost, not what the whole history's would
-    (``benchmarks/growth.py``). Returns the rows moved."""
+    transaction; maintenance does it before its checkpoint. Polls only ever add to the small,
+    indexed ``story_index``: DuckDB 1.5.5 writes a changed (or merely loaded) ART index out whole
+    at a checkpoint, so the one that ends a poll costs what a day's keys cost, not what the whole
+    history's would (``benchmarks/growth.py``). Returns the rows moved."""
     moved = con.execute("SELECT count(*) FROM story_index").fetchone()[0]
     if not moved:
         return 0
