@@ -439,6 +439,16 @@ class ParsePool(Protocol):
     def apply(self, fn, items, give_up, timeout: float | None = None) -> list: ...
 
 
+def parse_documents(
+    documents: Sequence[FeedDocument], pool: ParsePool | None = None, timeout: float | None = None
+) -> list[FeedParsed]:
+    """Each document parsed; with a ``pool``, in its worker processes, each one given up after
+    ``timeout`` seconds (``parse_error``)."""
+    if pool is None:
+        return [parse_feed_document(doc) for doc in documents]
+    return pool.apply(parse_feed_document, documents, _parse_given_up, timeout)
+
+
 def parse_feed_results(
     results: list[FetchResult],
     previous_hashes: Mapping[str, str | None],
@@ -471,11 +481,7 @@ def parse_feed_results(
         document = FeedDocument(result.body or b"", result.final_url, tuple(dict(result.headers).items()))
         to_parse.append((len(outcomes), url, result, digest, document))
         outcomes.append(None)
-    documents = [item[4] for item in to_parse]
-    if pool is not None:
-        parsed_all = pool.apply(parse_feed_document, documents, _parse_given_up, timeout)
-    else:
-        parsed_all = [parse_feed_document(doc) for doc in documents]
+    parsed_all = parse_documents([item[4] for item in to_parse], pool, timeout)
     for (slot, url, result, digest, _), done in zip(to_parse, parsed_all, strict=True):
         outcomes[slot] = FeedOutcome(
             url,

@@ -17,8 +17,9 @@ from lxml import etree
 
 from newsflow.settings import Settings
 from tasks.fetch import ACCEPT_FEED, FetchRequest, FetchResult, fetch_all
-from tasks.parse import FeedEntry, FeedParseError, parse_feed, parse_iso_datetime
+from tasks.parse import FeedDocument, FeedEntry, parse_documents, parse_iso_datetime
 from tasks.robots import PolitenessState
+from tasks.workers import BoundedProcessPool
 
 SITEMAP_NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
 NEWS_NS = "http://www.google.com/schemas/sitemap-news/0.9"
@@ -286,7 +287,15 @@ def walk_feed_archive(
     feed_url: str, pages: int, settings: Settings, state: PolitenessState | None = None
 ) -> FeedArchiveWalk:
     """Up to ``pages`` pages of a feed: RFC 5005 links when the feed declares them, else
-    WordPress-style ``?paged=N``. Stops at the first page that fails or brings nothing new."""
+    WordPress-style ``?paged=N``. Stops at the first page that fails or brings nothing new.
+    Each page is parsed in a worker process within ``feed_parse_timeout``, like a poll's feeds."""
+    with BoundedProcessPool(1, settings.feed_parse_timeout) as parser:
+        return _walk_feed_archive(feed_url, pages, settings, state, parser)
+
+
+def _walk_feed_archive(
+    feed_url: str, pages: int, settings: Settings, state: PolitenessState | None, parser: BoundedProcessPool
+) -> FeedArchiveWalk:
     walk = FeedArchiveWalk(how="single page")
     seen: set[str] = set()
     url: str | None = feed_url
@@ -302,12 +311,13 @@ def walk_feed_archive(
                 break  # WordPress answers 404 past the last page
             walk.failures.append((url, result.error_class or "http", result.error_message or ""))
             break
-        try:
-            parsed = parse_feed(result.body or b"", result.final_url, dict(result.headers))
-        except FeedParseError as exc:
-            walk.failures.append((url, exc.error_class, str(exc)))
-            walk.fetches[-1] = _record(result, (exc.error_class, str(exc)))
+        document = FeedDocument(result.body or b"", result.final_url, tuple(dict(result.headers).items()))
+        (done,) = parse_documents([document], parser, settings.feed_parse_timeout)
+        if done.parsed is None:
+            walk.failures.append((url, done.error_class, done.error_message))
+            walk.fetches[-1] = _record(result, (done.error_class, done.error_message))
             break
+        parsed = done.parsed
         new = [e for e in parsed.entries if e.identity not in seen]
         if not new:
             break

@@ -336,3 +336,22 @@ def test_a_feed_too_costly_to_parse_is_given_up_at_its_bound(
     assert query(newsflow_env, "SELECT count(*) FROM articles WHERE text IS NOT NULL")[0][0] == 1
     # worker start-up (not counted in the bound) + 3 s + the worker killed and started again
     assert took < 15, took
+
+
+def test_a_backfill_gives_up_a_feed_page_too_costly_to_parse(site, settings):
+    """``backfill --feed`` walks the feed's archive pages with the same bound as a poll."""
+    from tasks.sources import walk_feed_archive
+
+    site.routes["/costly.xml"] = Route(
+        body=b'<?xml version="1.0"?><rss version="2.0"><channel><title>costly</title><item><title>x</title>'
+        b"<description>" + b"<a/>" * 500_000 + b"</description></item></channel></rss>",
+        content_type=RSS,
+    )
+    started = time.monotonic()
+    walk = walk_feed_archive(site.url("/costly.xml"), 3, settings.model_copy(update={"feed_parse_timeout": 1}))
+    took = time.monotonic() - started
+    measured("xml", "backfill: 2 MiB of empty elements, parse bound 1 s", seconds=took)
+    assert walk.entries == [] and len(walk.failures) == 1
+    url, error_class, message = walk.failures[0]
+    assert error_class == "parse_error" and "gave up parsing the feed after 1 s" in message
+    assert took < 10, took  # a worker's start, 1 s, its kill (the parse itself takes ~10 s)
