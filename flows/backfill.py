@@ -86,6 +86,7 @@ def backfill_flow(
         logger.warning,
         run_id=ctx.run_id,
         on_dead_holder=dead_writer_reporter(f"backfill run {ctx.run_id}", logger),
+        storage_url=settings.storage_url,
     )
     try:
         with session() as wh:

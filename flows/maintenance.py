@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -27,6 +26,7 @@ from flows.reporting import best_effort_report, dead_writer_reporter
 from newsflow.settings import build_settings
 from warehouse import maintenance as m
 from warehouse.lock import WarehouseBusy, WriterLock
+from warehouse.storage import Storage
 from warehouse.store import APPEND_TABLES, Warehouse
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -41,7 +41,7 @@ def recover(wh: Warehouse) -> dict[str, int]:
 
 @task(name="compact-partitions", **_TASK)
 def compact(wh: Warehouse, table: str) -> m.CompactionReport:
-    return m.compact_partitions(wh.data_dir, table, con=wh.con)
+    return m.compact_partitions(wh.storage, table, con=wh.con)
 
 
 @task(name="checkpoint", **_TASK)
@@ -50,8 +50,8 @@ def checkpoint(wh: Warehouse) -> None:
 
 
 @task(name="prune-raw-archive", **_TASK)
-def prune_raw(data_dir: Path, days: int) -> m.PruneReport:
-    return m.prune_raw_archive(data_dir, days)
+def prune_raw(storage: Storage, days: int) -> m.PruneReport:
+    return m.prune_raw_archive(storage, days)
 
 
 @flow(name="newsflow-maintenance", log_prints=False)
@@ -75,7 +75,7 @@ def maintenance_flow(data_dir: str | None = None, raw_retention_days: int | None
         except WarehouseBusy as exc:
             logger.error(str(exc))
             return Failed(name=BUSY_STATE, message=str(exc))
-        wh = stack.enter_context(Warehouse(settings.data_dir))
+        wh = stack.enter_context(Warehouse(settings.data_dir, settings.storage_url))
         repaired = recover(wh)
         if any(repaired.values()):
             logger.warning("repaired what an interrupted run left behind: %s", repaired)
@@ -84,7 +84,7 @@ def maintenance_flow(data_dir: str | None = None, raw_retention_days: int | None
             if any(not p.atomic for p in c.partitions):
                 logger.warning("%s: compaction used the non-atomic fallback (no renameat2)", c.table)
         checkpoint(wh)
-        pruned = prune_raw(settings.data_dir, retention) if retention is not None else None
+        pruned = prune_raw(wh.storage, retention) if retention is not None else None
 
     report = {
         "data_dir": str(settings.data_dir),

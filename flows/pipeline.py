@@ -21,6 +21,7 @@ from tasks.dedup import PageJob
 from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from warehouse import hosts
+from warehouse.storage import resolve_storage
 from warehouse.store import Warehouse, chunks
 
 Session = Callable[[], AbstractContextManager[Warehouse]]
@@ -49,6 +50,8 @@ def process_pages(
     again becomes a new version of its article when its text changed, else nothing but its fetch.
     """
     batches = [list(b) for b in chunks(list(jobs), settings.batch_size)]
+    # Where the raw archive goes (the writer that opened the warehouse has recorded it).
+    storage = resolve_storage(settings.data_dir, settings.storage_url)
     total = len(jobs)
     done = 0
     # Hosts that asked us (429/503 + Retry-After) to come back later and robots.txt answers, from
@@ -112,7 +115,7 @@ def process_pages(
             results,
             batch_id,
             submit_extraction(results, pool),
-            t.archive_pages.submit(results, settings.data_dir, batch_id),
+            t.archive_pages.submit(results, storage, batch_id),
             size,
         )
         if pending is not None:

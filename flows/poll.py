@@ -72,7 +72,7 @@ def _poll(settings: Settings, ctx: RunContext, summary: RunSummary, now: datetim
             # Not a crash: another writer had the warehouse for longer than we wait. Nothing changed.
             logger.error(str(exc))
             return Failed(name=BUSY_STATE, message=str(exc))
-        wh = stack.enter_context(Warehouse(settings.data_dir))
+        wh = stack.enter_context(Warehouse(settings.data_dir, settings.storage_url))
         pool, extractor = stack.enter_context(run_extraction(settings))
         repaired = wh.recover()
         if any(repaired.values()):

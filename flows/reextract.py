@@ -28,11 +28,12 @@ def reextract_articles(
     logger = get_run_logger()
     with session() as wh:
         candidates = t.select_reextraction(wh, since, until, feed_url)
+        storage = wh.storage
     counts = {"articles_considered": len(candidates), "articles_changed": 0, "raw_missing": 0}
     done = 0
     with run_extraction(settings) as (_, extractor):
         for batch in chunks(candidates, settings.batch_size):
-            jobs, missing = t.read_raw_pages(settings.data_dir, batch)
+            jobs, missing = t.read_raw_pages(storage, batch)
             counts["raw_missing"] += len(missing)
             if isinstance(extractor, DaskExtractor):
                 extracted = extractor.map(jobs)

@@ -35,15 +35,25 @@ def _no_warehouse(cmd: str, data_dir: Path) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from newsflow.settings import build_settings
     from warehouse.lock import WarehouseBusy
     from warehouse.maintenance import DatabaseInUse, rebuild_duckdb
+    from warehouse.storage import StorageMismatch, record_storage, resolve_storage
 
     data_dir = _data_dir(args)
-    if not (data_dir / "parquet").is_dir():
+    try:
+        # The Parquet files may be elsewhere (NEWSFLOW_STORAGE_URL): a lost data dir is rebuilt
+        # from them, given that URL.
+        storage = resolve_storage(data_dir, build_settings(data_dir=data_dir).storage_url)
+    except StorageMismatch as exc:
+        err.print(f"[red]newsflow warehouse rebuild: {exc}[/red]")
+        return 2
+    if not storage.exists("parquet"):
         return _no_warehouse("rebuild", data_dir)
     started = time.monotonic()
     try:
         with _lock(data_dir, "warehouse rebuild"):
+            record_storage(storage)
             report = rebuild_duckdb(data_dir, keep_backup=args.keep_backup)
     except (WarehouseBusy, DatabaseInUse) as exc:
         err.print(f"[yellow]newsflow: {exc}[/yellow]")

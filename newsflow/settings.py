@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     # Where things are
     data_dir: Path = Path("data")
     feeds_file: Path = Path("feeds.toml")
+    storage_url: str | None = Field(
+        None,
+        description="Where the Parquet files and the raw archive are kept: any fsspec URL "
+        "(file:///srv/news-files, s3://bucket/news with s3fs installed, memory:// in tests). Unset: "
+        "the data dir. The DuckDB file and the writer lock stay in the data dir. The first writer "
+        "records the URL in <data_dir>/newsflow.storage; readers follow the record, and a writer "
+        "given another URL is refused (warehouse/storage.py).",
+    )
 
     # Network safety
     allow_private_networks: bool = Field(

@@ -38,6 +38,7 @@ from tasks.schedule import (
     next_schedule,
 )
 from warehouse.raw_archive import RawArchiveWriter, raw_path_for
+from warehouse.storage import Storage
 
 # A page that failed this way is tried again next run; any other failure is final for its entries.
 TRANSIENT_PAGE_ERRORS = frozenset(
@@ -350,9 +351,12 @@ def article_row(
 RawRef = tuple[str | None, int | None]  # (WARC path under the data dir, record offset)
 
 
-def archive_raw(data_dir: Path, load_batch: str, results: Sequence[FetchResult]) -> list[RawRef]:
-    """Write the batch's response bodies to its WARC file; one reference per result."""
-    archive = RawArchiveWriter(data_dir, raw_path_for(load_batch, datetime.now(UTC)))
+def archive_raw(
+    location: Path | Storage, load_batch: str, results: Sequence[FetchResult]
+) -> list[RawRef]:
+    """Write the batch's response bodies to its WARC file (in the warehouse's storage: a data
+    dir's recorded one, or the Storage given); one reference per result."""
+    archive = RawArchiveWriter(location, raw_path_for(load_batch, datetime.now(UTC)))
     try:
         offsets = [archive.add(r) for r in results]
         path = archive.commit()

@@ -18,6 +18,7 @@ from newsflow.settings import Settings
 from tasks import dedup, feeds, fetch, load, parse, reextract, robots
 from tasks.extract import ExtractJob, ExtractorPool, extract_batch
 from tasks.schedule import SchedulePolicy
+from warehouse.storage import Storage
 from warehouse.store import Warehouse
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -135,8 +136,10 @@ def dedup_articles(jobs, results, extracted, wh: Warehouse) -> list[load.PageArt
 
 
 @task(name="archive-pages", **_TASK)
-def archive_pages(results: Sequence[fetch.FetchResult], data_dir: Path, batch_id: str) -> list[load.RawRef]:
-    return load.archive_raw(data_dir, batch_id, results)
+def archive_pages(
+    results: Sequence[fetch.FetchResult], storage: Path | Storage, batch_id: str
+) -> list[load.RawRef]:
+    return load.archive_raw(storage, batch_id, results)
 
 
 @task(name="load-pages", **_TASK)
@@ -169,7 +172,7 @@ def load_feeds(
     A feed that did not change (304, or the same bytes) writes nothing but its state."""
     batch_id = ctx.next_batch_id()
     logged = [o for o in outcomes if not o.unchanged]
-    refs = load.archive_raw(wh.data_dir, batch_id, [o.result for o in logged])
+    refs = load.archive_raw(wh.storage, batch_id, [o.result for o in logged])
     rows: dict[str, list[dict]] = {
         "fetch_log": [
             load.fetch_log_row(o.result, "feed", ctx, batch_id, n, raw, (o.error_class, o.error_message))
@@ -262,8 +265,8 @@ def select_reextraction(wh: Warehouse, since, until, feed_url: str | None) -> li
 
 
 @task(name="read-raw-pages", **_TASK)
-def read_raw_pages(data_dir: Path, candidates: Sequence[reextract.Candidate]):
-    return reextract.raw_jobs(data_dir, candidates)
+def read_raw_pages(storage: Path | Storage, candidates: Sequence[reextract.Candidate]):
+    return reextract.raw_jobs(storage, candidates)
 
 
 @task(name="extract-raw-pages", **_TASK)

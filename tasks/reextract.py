@@ -18,6 +18,7 @@ from tasks.extract import Extracted, ExtractJob
 from tasks.load import EXTRACTION_COLUMNS, extraction_columns, page_identity
 from tasks.parse import FeedEntry
 from warehouse.raw_archive import read_raw_record
+from warehouse.storage import Storage, as_storage
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,16 @@ class Candidate:
     raw_offset: int
 
 
-def raw_jobs(data_dir: Path, candidates: Sequence[Candidate]) -> tuple[list[ExtractJob], list[str]]:
-    """Extraction jobs from the raw archive; the ids whose raw record is gone (pruned) apart."""
+def raw_jobs(
+    location: Path | Storage, candidates: Sequence[Candidate]
+) -> tuple[list[ExtractJob], list[str]]:
+    """Extraction jobs from the raw archive (a data dir's recorded storage, or the Storage given);
+    the ids whose raw record is gone (pruned) apart."""
+    storage = as_storage(location)  # resolved once, not per record
     jobs, missing = [], []
     for c in candidates:
         try:
-            target, headers, body = read_raw_record(data_dir, c.raw_path, c.raw_offset)
+            target, headers, body = read_raw_record(storage, c.raw_path, c.raw_offset)
         except (OSError, LookupError):
             missing.append(c.article_id)
             continue

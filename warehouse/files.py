@@ -1,4 +1,8 @@
-"""Atomic files: write under a temporary name outside every reader's glob, fsync, rename."""
+"""Atomic files: write under a temporary name outside every reader's glob, fsync, rename.
+
+On storage that is not a local directory (warehouse/storage.py) a file is written in one request
+instead (fsspec's ``pipe_file``: one PUT on an object store, where an object appears whole or not
+at all, so there is no temporary name and nothing torn to clean up)."""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import errno
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from warehouse.storage import Storage
 
 # Readers glob ``*.parquet`` and ``*.warc.gz``; a name ending in this is never matched.
 TMP_SUFFIX = ".newsflow-tmp"
@@ -62,6 +70,17 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_parquet_to(storage: Storage, relative_path: str, table: pa.Table) -> None:
+    """Write ``table`` at ``relative_path`` under the storage root, whole or not at all."""
+    if storage.local:
+        write_parquet_atomic(table, storage.local_path(relative_path))
+        return
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    # One PUT: an object store makes the object visible complete, or not at all.
+    storage.fs.pipe_file(storage.path(relative_path), buffer.getvalue().to_pybytes())
 
 
 def remove_orphaned_temporaries(root: Path) -> list[Path]:

@@ -39,6 +39,15 @@ Without ``renameat2`` (not Linux, or a file system that refuses RENAME_EXCHANGE)
 path is used and logged as such: the new file is renamed into the partition, then the files it
 replaces are deleted; for that moment a reader sees those rows twice.
 
+On storage that is not a local directory
+----------------------------------------
+With the Parquet files on an object store (``NEWSFLOW_STORAGE_URL``, warehouse/storage.py) there is
+no directory to swap: the new file is written in one PUT, then the files it replaces are deleted.
+Between the two a reader listing the partition sees both, so those rows twice (as with the
+non-atomic local fallback above); a crash between the two leaves both, and the next compaction's
+deduplication by key repairs it (``newsflow warehouse check`` reports the repeated keys meanwhile).
+Nothing is staged: ``.staging/`` exists only on local storage, under the storage root.
+
 Compaction and recovery
 -----------------------
 :meth:`Warehouse.recover` re-exports a committed batch that was not marked exported as
@@ -63,6 +72,7 @@ import os
 import re
 import shutil
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -74,7 +84,18 @@ import pyarrow.parquet as pq
 
 from warehouse.files import TMP_SUFFIX, fsync_dir
 from warehouse.search import build_fts_index
-from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, Warehouse, connect, migrate, parquet_glob
+from warehouse.storage import Storage, as_storage
+from warehouse.store import (
+    APPEND_TABLES,
+    SNAPSHOT_TABLES,
+    SQL_READ_PARTITIONED,
+    Warehouse,
+    connect,
+    has_parquet,
+    migrate,
+    parquet_glob,
+    parquet_relation,
+)
 from warehouse.stories import archive_story_index, rebuild_story_index
 
 log = logging.getLogger(__name__)
@@ -196,10 +217,13 @@ def _remove_build(data_dir: Path, new_dir: Path) -> None:
         pass
 
 
-def remove_staging(data_dir: Path | str) -> list[str]:
+def remove_staging(location: Path | str | Storage) -> list[str]:
     """Remove what an interrupted compaction or partition rewrite left under ``.staging/`` (never
     needed: see the module docstring). Hold the writer lock."""
-    staging = Path(data_dir) / STAGING_DIR
+    storage = as_storage(location)
+    if not storage.local:
+        return []
+    staging = storage.local_path(STAGING_DIR)
     removed = []
     if staging.is_dir():
         for entry in sorted(staging.iterdir()):
@@ -252,12 +276,17 @@ def _swap_in(new_dir: Path, part: Path, replaced: list[Path], what: str) -> bool
     return True
 
 
-def replace_partition(data_dir: Path | str, table: str, day: date, data: pa.Table) -> None:
+def replace_partition(location: Path | str | Storage, table: str, day: date, data: pa.Table) -> None:
     """Make ``data`` (without the ``ingest_date`` column) the whole content of one partition,
     atomically for readers: one file ``compacted-<id>.parquet`` (an empty directory when ``data``
     is empty). Used after rows of a partition changed in DuckDB (re-extraction). Hold the writer lock.
+    On storage that is not a local directory: not atomic (see the module docstring).
     """
-    data_dir = Path(data_dir)
+    storage = as_storage(location)
+    if not storage.local:
+        _replace_partition_elsewhere(storage, table, day, data)
+        return
+    data_dir = storage.local_path()  # the storage root: .staging/ must be on its file system
     part = data_dir / "parquet" / table / f"ingest_date={day.isoformat()}"
     if data.num_rows == 0 and not part.exists():
         return
@@ -273,6 +302,19 @@ def replace_partition(data_dir: Path | str, table: str, day: date, data: pa.Tabl
         _swap_in(new_dir, part, replaced, f"rewrite of {table}")
     finally:
         _remove_build(data_dir, new_dir)
+
+
+def _replace_partition_elsewhere(storage: Storage, table: str, day: date, data: pa.Table) -> None:
+    """The new file in one PUT, then the replaced files deleted (readers may see both meanwhile)."""
+    part = storage.path("parquet", table, f"ingest_date={day.isoformat()}")
+    fs = storage.fs
+    replaced = [p for p in fs.glob(f"{part}/*") if fs.isfile(p)]
+    if data.num_rows:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(data, buffer, compression="zstd")
+        fs.pipe_file(f"{part}/{COMPACTED_PREFIX}{uuid.uuid4().hex[:20]}.parquet", buffer.getvalue().to_pybytes())
+    if replaced:
+        fs.rm(replaced)
 
 
 # --------------------------------------------------------------------------- compaction
@@ -336,9 +378,13 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _write_merged(members: list[Path], key: str, target: Path) -> tuple[int, int]:
-    """Merge ``members`` into ``target`` (fsynced), dropping repeated keys. Returns (rows, dropped)."""
-    schema = pa.unify_schemas([pq.read_schema(p) for p in members], promote_options="permissive")
+def _write_merged(
+    members: list[Path] | list[str], key: str, target: Path, filesystem=None
+) -> tuple[int, int]:
+    """Merge ``members`` (paths in ``filesystem``, an fsspec one, or local) into the local file
+    ``target`` (fsynced), dropping repeated keys. Returns (rows, dropped)."""
+    on = {"filesystem": filesystem} if filesystem is not None else {}
+    schema = pa.unify_schemas([pq.read_schema(p, **on) for p in members], promote_options="permissive")
     seen: set[str] = set()
     rows = dropped = 0
     buffered: list[pa.Table] = []
@@ -346,7 +392,7 @@ def _write_merged(members: list[Path], key: str, target: Path) -> tuple[int, int
     with open(target, "wb") as fh:
         with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
             for path in members:
-                data = _conform(pq.ParquetFile(path).read(), schema)  # no partition discovery
+                data = _conform(pq.ParquetFile(path, **on).read(), schema)  # no partition discovery
                 keep = []
                 for k in data.column(key).to_pylist():
                     keep.append(k not in seen)
@@ -385,17 +431,87 @@ def compact_partitions(
     """
     if table not in APPEND_TABLES:
         raise ValueError(f"{table!r} is not an append table ({', '.join(APPEND_TABLES)})")
-    data_dir = Path(data_dir)
+    storage = as_storage(data_dir)
     before = before or datetime.now(UTC).date()
     report = CompactionReport(table=table, before=before.isoformat())
-    report.staging_removed = remove_staging(data_dir)
-    table_dir = data_dir / "parquet" / table
+    if not storage.local:
+        _compact_elsewhere(storage, table, before, con, report)
+        return report
+    root = storage.local_path()  # the storage root (the data dir by default)
+    report.staging_removed = remove_staging(storage)
+    table_dir = root / "parquet" / table
     if not table_dir.is_dir():
         return report
-    exported, every = _batch_sets(con, data_dir)
+    exported, every = _batch_sets(con, storage.data_dir)
     for part in sorted(table_dir.iterdir()):
-        _consider(data_dir, table, part, before, exported, every, report)
+        _consider(root, table, part, before, exported, every, report)
     return report
+
+
+def _mergeable(name: str, exported: set[str], every: set[str]) -> bool:
+    stem = name.removesuffix(".parquet")
+    return (
+        name.endswith(".parquet")
+        and not name.startswith(".")
+        and (stem in exported or (stem.startswith(COMPACTED_PREFIX) and stem not in every))
+    )
+
+
+def _compact_elsewhere(
+    storage: Storage,
+    table: str,
+    before: date,
+    con: duckdb.DuckDBPyConnection | None,
+    report: CompactionReport,
+) -> None:
+    """Compaction on storage that is not a local directory: the merged file is built in the spool
+    directory, sent in one PUT, then the merged files are deleted (not atomic for readers: see the
+    module docstring)."""
+    fs = storage.fs
+    parts: dict[str, list[str]] = defaultdict(list)
+    for rel in storage.glob("parquet", table, "ingest_date=*", "*"):
+        partition, name = rel.split("/")[-2:]
+        parts[partition].append(name)
+    if not parts:
+        return
+    exported, every = _batch_sets(con, storage.data_dir)
+    for partition, names in sorted(parts.items()):
+        m = PARTITION_RE.match(partition)
+        if not m or date.fromisoformat(m.group(1)) >= before:
+            continue
+        members = [n for n in sorted(names) if _mergeable(n, exported, every)]
+        if len(members) < 2:
+            report.partitions_already_compact += 1
+            continue
+        digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:20]
+        merged_name = f"{COMPACTED_PREFIX}{digest}.parquet"
+        if merged_name.removesuffix(".parquet") in every or merged_name in names:
+            raise RuntimeError(f"merged file name {merged_name} is already taken in {partition}")
+        paths = [storage.path("parquet", table, partition, n) for n in members]
+        storage.spool_dir.mkdir(parents=True, exist_ok=True)
+        spooled = storage.spool_dir / f".{table}.{partition}.{merged_name}.{os.getpid()}{TMP_SUFFIX}"
+        target = storage.path("parquet", table, partition, merged_name)
+        try:
+            rows, dropped = _write_merged(paths, KEYS[table], spooled, filesystem=fs)
+            bytes_after = spooled.stat().st_size
+            fs.put_file(str(spooled), target)
+        finally:
+            spooled.unlink(missing_ok=True)
+        bytes_before = sum(fs.size(p) for p in paths)
+        fs.rm(paths)
+        report.partitions.append(
+            PartitionCompaction(
+                partition=partition,
+                files_merged=len(members),
+                files_kept=len(names) - len(members),
+                rows=rows,
+                bytes_before=bytes_before,
+                bytes_after=bytes_after,
+                merged_file=merged_name,
+                atomic=False,
+                duplicate_rows_dropped=dropped,
+            )
+        )
 
 
 def _consider(
@@ -413,9 +529,7 @@ def _consider(
         return
     members, kept = [], []
     for f in sorted(part.iterdir()):
-        stem = f.name.removesuffix(".parquet")
-        mergeable = f.is_file() and f.name.endswith(".parquet") and not f.name.startswith(".")
-        if mergeable and (stem in exported or (stem.startswith(COMPACTED_PREFIX) and stem not in every)):
+        if f.is_file() and _mergeable(f.name, exported, every):
             members.append(f)
         else:
             kept.append(f)
@@ -494,7 +608,7 @@ class PruneReport:
 
 
 def prune_raw_archive(
-    data_dir: Path | str, older_than_days: int | None, *, today: date | None = None
+    data_dir: Path | str | Storage, older_than_days: int | None, *, today: date | None = None
 ) -> PruneReport:
     """Delete ``raw/YYYY-MM-DD/`` day folders older than ``older_than_days`` days (None keeps all).
 
@@ -508,7 +622,11 @@ def prune_raw_archive(
         raise ValueError("older_than_days must be >= 0")
     cutoff = (today or datetime.now(UTC).date()) - timedelta(days=older_than_days)
     report = PruneReport(retention_days=older_than_days, cutoff=cutoff.isoformat())
-    raw = Path(data_dir) / "raw"
+    storage = as_storage(data_dir)
+    if not storage.local:
+        _prune_elsewhere(storage, cutoff, report)
+        return report
+    raw = storage.local_path("raw")
     if not raw.is_dir():
         return report
     for day in sorted(raw.iterdir()):
@@ -529,6 +647,22 @@ def prune_raw_archive(
     if report.days_removed:
         fsync_dir(raw)
     return report
+
+
+def _prune_elsewhere(storage: Storage, cutoff: date, report: PruneReport) -> None:
+    fs = storage.fs
+    for day in storage.glob("raw", "*"):
+        name = day.rsplit("/", 1)[-1]
+        if not RAW_DAY_RE.match(name) or date.fromisoformat(name) >= cutoff:
+            continue
+        path = storage.path(day)
+        if not fs.isdir(path):
+            continue
+        sizes = fs.du(path, total=False)
+        report.files_removed += len(sizes)
+        report.bytes_removed += sum(sizes.values())
+        fs.rm(path, recursive=True)
+        report.days_removed.append(name)
 
 
 # --------------------------------------------------------------------------- consistency check
@@ -615,19 +749,12 @@ _CHECK_SQL = {
 }
 
 
-def _has_parquet(data_dir: Path, table: str) -> bool:
-    if table in SNAPSHOT_TABLES:
-        return Path(parquet_glob(data_dir, table)).exists()
-    return any((data_dir / "parquet" / table).glob("ingest_date=*/*.parquet"))
-
-
-def _parquet_relation(con: duckdb.DuckDBPyConnection, data_dir: Path, table: str):
+def _parquet_relation(con: duckdb.DuckDBPyConnection, data_dir: Path | Storage, table: str):
     """The table's Parquet rows as a relation of ``con``, or None when there are none."""
-    if not _has_parquet(data_dir, table):
+    storage = as_storage(data_dir)
+    if not has_parquet(storage, table):
         return None
-    if table in SNAPSHOT_TABLES:
-        return con.read_parquet(parquet_glob(data_dir, table))
-    return con.read_parquet(parquet_glob(data_dir, table), hive_partitioning=True, union_by_name=True)
+    return parquet_relation(con, storage, table)
 
 
 def check_warehouse(data_dir: Path | str) -> WarehouseCheck:
@@ -637,12 +764,13 @@ def check_warehouse(data_dir: Path | str) -> WarehouseCheck:
     hold the writer lock, as ``newsflow warehouse check`` does).
     """
     data_dir = Path(data_dir)
+    storage = as_storage(data_dir)
     db = data_dir / DB_NAME
     if not db.exists():
         raise FileNotFoundError(f"no warehouse database at {db}")
     con = connect(db, read_only=True)
     try:
-        tables = [_check_table(con, data_dir, t) for t in APPEND_TABLES + SNAPSHOT_TABLES]
+        tables = [_check_table(con, storage, t) for t in APPEND_TABLES + SNAPSHOT_TABLES]
         unexported = [
             r[0]
             for r in con.execute(
@@ -651,14 +779,19 @@ def check_warehouse(data_dir: Path | str) -> WarehouseCheck:
         ]
     finally:
         con.close()
-    temporary = sorted(str(p) for p in data_dir.rglob(f"*{TMP_SUFFIX}") if STAGING_DIR not in p.parts)
+    roots = [data_dir]
+    if storage.local and storage.local_path().resolve() != data_dir.resolve():
+        roots.append(storage.local_path())  # elsewhere nothing is written under a temporary name
+    temporary = sorted(
+        str(p) for root in roots for p in root.rglob(f"*{TMP_SUFFIX}") if STAGING_DIR not in p.parts
+    )
     temporary += sorted(str(p) for p in data_dir.glob(f"{REBUILD_NAME}*"))
-    staging_dir = data_dir / STAGING_DIR
-    staging = sorted(str(p) for p in staging_dir.iterdir()) if staging_dir.is_dir() else []
+    staging_dir = storage.local_path(STAGING_DIR) if storage.local else None
+    staging = sorted(str(p) for p in staging_dir.iterdir()) if staging_dir and staging_dir.is_dir() else []
     return WarehouseCheck(str(data_dir), tables, unexported, temporary, staging)
 
 
-def _check_table(con: duckdb.DuckDBPyConnection, data_dir: Path, table: str) -> TableCheck:
+def _check_table(con: duckdb.DuckDBPyConnection, data_dir: Path | Storage, table: str) -> TableCheck:
     duck_rows = con.execute(SQL_COUNT[table]).fetchone()[0]
     rel = _parquet_relation(con, data_dir, table)
     if rel is None:
@@ -704,7 +837,7 @@ class RebuildReport:
     backup: str | None  # kept only with keep_backup=True
 
 
-def _parquet_counts(data_dir: Path) -> dict[str, int]:
+def _parquet_counts(data_dir: Path | Storage) -> dict[str, int]:
     con = duckdb.connect(":memory:")
     try:
         out = {}
@@ -732,7 +865,7 @@ def _remove_db(path: Path) -> None:
 def _insert_from_parquet(con: duckdb.DuckDBPyConnection, table: str, glob: str) -> str:
     if table != "articles":
         return SQL_INSERT_FROM_PARQUET[table]
-    columns = set(con.read_parquet(glob, hive_partitioning=True, union_by_name=True).columns)
+    columns = set(con.sql(SQL_READ_PARTITIONED, params={"glob": glob}).columns)
     if {"version", "article_key"} <= columns:
         return SQL_INSERT_ARTICLES_FROM_PARQUET
     return SQL_INSERT_UNVERSIONED_ARTICLES_FROM_PARQUET
@@ -766,22 +899,24 @@ def rebuild_duckdb(
                 ) from exc
             unreadable = f"{type(exc).__name__}: {exc}"
             log.warning("the current database could not be opened (%s); rebuilding from Parquet only", exc)
-    remove_staging(data_dir)
-    expected = _parquet_counts(data_dir)
+    storage = as_storage(data_dir)
+    remove_staging(storage)
+    expected = _parquet_counts(storage)
 
     new = data_dir / REBUILD_NAME
     _remove_db(new)
     con = connect(new)
     try:
+        storage.attach(con)
         migrate(con)
         con.execute("BEGIN TRANSACTION")
         for t in APPEND_TABLES:
-            if _has_parquet(data_dir, t):
-                glob = parquet_glob(data_dir, t)
+            if has_parquet(storage, t):
+                glob = parquet_glob(storage, t)
                 con.execute(_insert_from_parquet(con, t, glob), [glob])
         for t in SNAPSHOT_TABLES:
-            if _has_parquet(data_dir, t):
-                con.execute(SQL_INSERT_SNAPSHOT[t], [parquet_glob(data_dir, t)])
+            if has_parquet(storage, t):
+                con.execute(SQL_INSERT_SNAPSHOT[t], [parquet_glob(storage, t)])
         con.execute(SQL_RECONSTRUCT_BATCHES)
         rebuild_story_index(con)  # not in Parquet: derived from the articles' texts
         con.execute("COMMIT")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, connect, parquet_glob
+from warehouse.storage import as_storage
+from warehouse.store import APPEND_TABLES, SNAPSHOT_TABLES, connect, has_parquet, parquet_relation
 from warehouse.stories import create_story_views
 
 
@@ -38,17 +39,13 @@ def open_for_reading(data_dir: Path) -> tuple[duckdb.DuckDBPyConnection, str]:
 
 
 def parquet_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
+    """Views of the warehouse's Parquet files, wherever its storage keeps them."""
+    storage = as_storage(data_dir)
+    con = storage.attach(duckdb.connect(":memory:"))
     con.execute("SET TimeZone = 'UTC'")
-    for t in APPEND_TABLES:
-        if any((data_dir / "parquet" / t).glob("*/*.parquet")):
-            # DuckDB does not take parameters in DDL: the view is made over a relation instead.
-            rel = con.read_parquet(parquet_glob(data_dir, t), hive_partitioning=True, union_by_name=True)
-            rel.create_view(t)
-    for t in SNAPSHOT_TABLES:
-        path = Path(parquet_glob(data_dir, t))
-        if path.exists():
-            con.read_parquet(str(path)).create_view(t)
+    for t in (*APPEND_TABLES, *SNAPSHOT_TABLES):
+        if has_parquet(storage, t):
+            parquet_relation(con, storage, t).create_view(t)
     if "articles" in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
         create_story_views(con)  # the same `stories` views as in the DuckDB file
     return con

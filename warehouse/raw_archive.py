@@ -1,8 +1,11 @@
 """The raw archive: every fetched feed document and page, as gzipped WARC response records.
 
-One WARC file per load batch under ``<data>/raw/<date>/``, written under a temporary name and
-renamed once complete, so a crash never leaves a torn file. Re-extraction reads records back by
-(path, offset) and needs no network.
+One WARC file per load batch under ``<storage>/raw/<date>/`` (the storage root is the data dir
+by default: warehouse/storage.py), written under a temporary name and renamed once complete, so a
+crash never leaves a torn file; on storage that is not a local directory the file is written
+locally first (under ``<data>/.outgoing/``) and sent whole at commit (one ``put_file``). Re-extraction
+reads records back by (path, offset), a range read on an object store, and needs no network
+but the storage's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from warcio.warcwriter import WARCWriter
 
 from tasks.fetch import FetchResult
 from warehouse.files import TMP_SUFFIX, fsync_dir
+from warehouse.storage import Storage, as_storage
 
 # The body we keep is decoded; these headers would describe the wire form, not what is stored.
 _WIRE_HEADERS = {"content-encoding", "transfer-encoding", "content-length"}
@@ -26,10 +30,15 @@ _GZIP_LEVEL = 6
 
 
 class RawArchiveWriter:
-    def __init__(self, data_dir: Path, relative_path: str):
+    def __init__(self, location: Path | Storage, relative_path: str):
+        self.storage = as_storage(location)
         self.relative_path = relative_path
-        self.path = data_dir / relative_path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.storage.local:
+            self.path = self.storage.local_path(relative_path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:  # spooled locally, sent whole at commit; the pid in the name as for any temporary
+            self.path = self.storage.spool_dir / relative_path.replace("/", "_")
+            self.storage.spool_dir.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}{TMP_SUFFIX}")
         self._fh = open(self._tmp, "wb")
         self._buffer = io.BytesIO()
@@ -79,6 +88,13 @@ class RawArchiveWriter:
         if self.records == 0:
             self._tmp.unlink(missing_ok=True)
             return None
+        if not self.storage.local:
+            try:
+                # One upload of the complete file: an object store shows it whole or not at all.
+                self.storage.fs.put_file(str(self._tmp), self.storage.path(self.relative_path))
+            finally:
+                self._tmp.unlink(missing_ok=True)
+            return self.relative_path
         os.replace(self._tmp, self.path)
         fsync_dir(self.path.parent)
         return self.relative_path
@@ -93,9 +109,16 @@ def raw_path_for(load_batch: str, when: datetime) -> str:
     return f"raw/{when:%Y-%m-%d}/{load_batch}.warc.gz"
 
 
-def read_raw_record(data_dir: Path, relative_path: str, offset: int) -> tuple[str, dict[str, str], bytes]:
+def read_raw_record(
+    location: Path | Storage, relative_path: str, offset: int
+) -> tuple[str, dict[str, str], bytes]:
     """(target URL, HTTP headers, body) of the record at ``offset``."""
-    with open(data_dir / relative_path, "rb") as fh:
+    storage = as_storage(location)
+    if storage.local:
+        opened = open(storage.local_path(relative_path), "rb")  # noqa: SIM115 - closed below
+    else:
+        opened = storage.fs.open(storage.path(relative_path), "rb")
+    with opened as fh:
         fh.seek(offset)
         for record in ArchiveIterator(fh):
             headers = dict(record.http_headers.headers) if record.http_headers else {}

@@ -9,6 +9,10 @@ Write path of one load batch (the unit of atomicity):
 A crash between 2 and 4 is repaired by the next writer (:meth:`Warehouse.recover`): batches that
 are committed but not exported are exported again from DuckDB (same file names, so never twice),
 and temporary files are removed. DuckDB is the record of what was committed.
+
+The Parquet files and the raw archive are under the warehouse's storage root (warehouse/storage.py:
+the data dir by default, another directory or an object store with ``NEWSFLOW_STORAGE_URL``); the
+DuckDB file is always in the data dir.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import duckdb
 import pyarrow as pa
 
 from tasks.dedup import KnownKey
-from warehouse.files import remove_orphaned_temporaries, write_parquet_atomic
+from warehouse.files import remove_orphaned_temporaries, write_parquet_to
 from warehouse.lock import WriterLock
+from warehouse.storage import Storage, as_storage, record_storage, resolve_storage
 from warehouse.stories import assign_story_ids, insert_story_index, reindex_articles
 
 APPEND_TABLES = ("entries", "articles", "fetch_log", "extraction_history")  # one Parquet file per batch
@@ -259,10 +264,13 @@ def rebuild_secondary_indexes(con: duckdb.DuckDBPyConnection) -> list[str]:
 class Warehouse:
     """Read and write access for one writer process (hold the WriterLock around it)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, storage_url: str | None = None):
+        """``storage_url``: where the Parquet files and raw archive are (``NEWSFLOW_STORAGE_URL``);
+        None: where this warehouse recorded them, by default the data dir itself."""
         self.data_dir = data_dir
-        self.parquet_dir = data_dir / "parquet"
+        self.storage = resolve_storage(data_dir, storage_url)
         data_dir.mkdir(parents=True, exist_ok=True)
+        record_storage(self.storage)
         self.con = connect(data_dir / "newsflow.duckdb")
         # A marker left behind means the last writer died with the database open.
         self._open_marker = data_dir / OPEN_MARKER
@@ -441,9 +449,7 @@ class Warehouse:
         body = data.drop_columns(["ingest_date"])
         for day, indices in sorted(by_date.items()):
             part = body.take(pa.array(indices)) if len(indices) != data.num_rows else body
-            write_parquet_atomic(
-                part, self.parquet_dir / table / f"ingest_date={day}" / f"{load_batch}.parquet"
-            )
+            write_parquet_to(self.storage, f"parquet/{table}/ingest_date={day}/{load_batch}.parquet", part)
 
     def feed_rows(self, urls: Sequence[str]) -> dict[str, dict]:
         """The stored rows of these feeds (state, validators, schedule), by feed_url."""
@@ -491,7 +497,7 @@ class Warehouse:
         """Rewrite the small state tables (feeds, runs) as whole Parquet files."""
         for t in SNAPSHOT_TABLES:
             data = self.con.execute(SELECT_ALL[t]).fetch_arrow_table()
-            write_parquet_atomic(data, self.parquet_dir / t / f"{t}.parquet")
+            write_parquet_to(self.storage, f"parquet/{t}/{t}.parquet", data)
 
     def _export_batch(
         self, load_batch: str, tables: Sequence[str], fresh: Mapping[str, pa.Table] | None = None
@@ -520,7 +526,7 @@ class Warehouse:
 
         for day in days:
             data = self.con.execute(SQL_PARTITION[table], [day]).fetch_arrow_table()
-            replace_partition(self.data_dir, table, day, data.drop_columns(["ingest_date"]))
+            replace_partition(self.storage, table, day, data.drop_columns(["ingest_date"]))
 
     # ------------------------------------------------------------------ re-extraction
 
@@ -572,9 +578,13 @@ class Warehouse:
     def recover(self) -> dict[str, int]:
         """Repair what a killed writer left: unexported batches, temporary files (and, when this
         open found the last writer dead, its secondary indexes were rebuilt)."""
-        removed = remove_orphaned_temporaries(self.parquet_dir) + remove_orphaned_temporaries(
-            self.data_dir / "raw"
-        )
+        # Only a local directory can hold torn temporaries: elsewhere a file is sent whole, from
+        # the spool directory (a raw archive whose upload did not happen is lost with its batch,
+        # which was not committed either).
+        removed = remove_orphaned_temporaries(self.storage.spool_dir)
+        if self.storage.local:
+            removed += remove_orphaned_temporaries(self.storage.local_path("parquet"))
+            removed += remove_orphaned_temporaries(self.storage.local_path("raw"))
         return {
             "temporary_files_removed": len(removed),
             "batches_reexported": self.export_pending(),
@@ -589,10 +599,40 @@ class Warehouse:
         return len(pending)
 
 
-def parquet_glob(data_dir: Path | str, table: str) -> str:
+def parquet_glob(location: Path | str | Storage, table: str) -> str:
+    """The table's Parquet file (snapshot) or glob (append table), as DuckDB reads it: a path, or
+    a URL of the storage's filesystem (register it on the connection: ``Storage.attach``)."""
+    storage = as_storage(location)
     if table in SNAPSHOT_TABLES:
-        return str(Path(data_dir) / "parquet" / table / f"{table}.parquet")
-    return str(Path(data_dir) / "parquet" / table / "*" / "*.parquet")
+        return storage.reader_path("parquet", table, f"{table}.parquet")
+    return storage.reader_path("parquet", table, "*", "*.parquet")
+
+
+# Through SQL with a bound glob, not ``con.read_parquet(glob, hive_partitioning=True, ...)``: in
+# duckdb 1.5.5 that call holds the GIL while it lists the files, and a registered fsspec
+# filesystem (warehouse/storage.py) needs the GIL to answer: it never returns.
+SQL_READ_PARTITIONED = "SELECT * FROM read_parquet($glob, hive_partitioning = true, union_by_name = true)"
+SQL_READ_SNAPSHOT = "SELECT * FROM read_parquet($glob)"
+
+
+def parquet_relation(
+    con: duckdb.DuckDBPyConnection, location: Path | str | Storage, table: str
+) -> duckdb.DuckDBPyRelation:
+    """The table's Parquet rows as a relation of ``con`` (which is made able to read the storage)."""
+    storage = as_storage(location)
+    storage.attach(con)
+    sql = SQL_READ_SNAPSHOT if table in SNAPSHOT_TABLES else SQL_READ_PARTITIONED
+    return con.sql(sql, params={"glob": parquet_glob(storage, table)})
+
+
+def has_parquet(location: Path | str | Storage, table: str) -> bool:
+    """Whether the table has any Parquet file."""
+    storage = as_storage(location)
+    if table in SNAPSHOT_TABLES:
+        return storage.exists("parquet", table, f"{table}.parquet")
+    if storage.local:  # stops at the first file
+        return any(storage.local_path("parquet", table).glob("ingest_date=*/*.parquet"))
+    return bool(storage.glob("parquet", table, "ingest_date=*", "*.parquet"))
 
 
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -608,6 +648,7 @@ def writer_session(
     on_wait: Callable[[str], None] | None = None,
     run_id: str | None = None,
     on_dead_holder: Callable[[dict], None] | None = None,
+    storage_url: str | None = None,
 ) -> Iterator[Warehouse]:
     """The writer lock and a warehouse connection, for one unit of work (a backfill batch).
 
@@ -617,7 +658,7 @@ def writer_session(
     lock = WriterLock(
         data_dir, lock_timeout, purpose, on_wait=on_wait, run_id=run_id, on_dead_holder=on_dead_holder
     )
-    with lock, Warehouse(data_dir) as wh:
+    with lock, Warehouse(data_dir, storage_url) as wh:
         # A writer killed between its commit and its export leaves a batch the Parquet files lack:
         # export it before anything (a partition rewrite, say) reads the Parquet side.
         wh.export_pending()
