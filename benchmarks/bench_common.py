@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a warmed-up process pool, the results file, the table."""
+"""What the benchmark scripts share: a warmed-up process pool, a timed command, the results file,
+the table."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -26,6 +32,43 @@ _WARM_UP_PAGE = (
     b"</article></body></html>"
 )
 _BARRIER_TIMEOUT = 120.0
+
+
+@dataclass
+class CommandRun:
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+    started_at: float  # time.time() at its start (to place a Prefect run's timestamps)
+    watcher: Any = None  # what ``watch`` made (a memory sampler), after the run
+
+
+def run_command(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    timeout: float,
+    cwd: Path | None = None,
+    watch: Callable[[int], AbstractContextManager] | None = None,
+) -> CommandRun:
+    """Run ``cmd`` in its own session, timed from start to exit; on timeout its whole process group
+    (Prefect's temporary server, extraction workers) is killed. ``watch(pid)``: a context manager
+    around the run (a memory sampler)."""
+    started_at, started = time.time(), time.perf_counter()
+    watcher = None
+    with subprocess.Popen(
+        list(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        watcher = watch(proc.pid) if watch else None
+        with watcher if watcher is not None else nullcontext():
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                stderr += f"\n[benchmark] killed after {timeout:.0f} s\n"
+    return CommandRun(proc.returncode, time.perf_counter() - started, stdout, stderr, started_at, watcher)
 
 
 def _warm_worker(barrier: Any) -> None:

@@ -65,7 +65,7 @@ from xml.sax.saxutils import escape
 
 import duckdb
 import httpx
-from bench_common import environment, write_results
+from bench_common import environment, run_command, write_results
 from rich.console import Console
 from rich.table import Table
 
@@ -546,23 +546,13 @@ def run_poll(
         cmd = [str(py_spy), "record", "--subprocesses", "--idle", "--rate", "50", "--format", "speedscope",
                "-o", str(out), "--", *cmd]  # fmt: skip
     cpu_before = _children_cpu()
-    started = time.perf_counter()
-    with subprocess.Popen(
-        cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    ) as proc, TreeRss(proc.pid) as rss:  # fmt: skip
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            stderr += f"\n[benchmark] killed after {timeout:.0f} s\n"
-    seconds = time.perf_counter() - started
+    run = run_command(cmd, env, timeout, cwd=REPO_ROOT, watch=TreeRss)
+    stdout, stderr, seconds, rss = run.stdout, run.stderr, run.seconds, run.watcher
     cpu = _children_cpu() - cpu_before
     (data_dir / f"poll-{label}.stdout").write_text(stdout)
     (data_dir / f"poll-{label}.stderr").write_text(stderr)
     return PollRun(
-        proc.returncode,
+        run.returncode,
         seconds,
         stdout,
         stderr,
