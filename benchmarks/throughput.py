@@ -12,7 +12,14 @@ Three measures:
 - ``newsflow``: the corpus served on loopback as ``--sites`` sites with a feed each
   (``corpus_sites.py``), then the real command ``newsflow poll --feeds ... --data-dir ...`` in a
   subprocess on a fresh data dir, timed from start to exit; pages/s = article rows stored
-  (counted in the warehouse afterwards) / wall time.
+  (counted in the warehouse afterwards) / wall time. Peak resident memory of the command's whole
+  process tree (the poll, its extraction workers, Prefect's temporary server) sampled from /proc.
+- ``newsflow_with_server`` (and ``startup_with_server``): the same against a ``prefect server
+  start`` already running, as a deployed poll runs (a worker and a server up for months): no
+  temporary server to start. Its flow and task runs are read back from that server to name where
+  the time goes (``breakdown``: start-up, the feeds, the first batch's fetch before any
+  extraction, the extraction's span, what follows the last extraction, exit; and the summed
+  seconds of each task).
 
 The loopback servers run in this process, on the same 2 cores as the poll: serving is part of
 the cost measured (it is small: the pages are in memory).
@@ -23,18 +30,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from bench_common import environment, print_table, warm_pool, write_results
+import httpx
+from bench_common import environment, print_table, run_command, warm_pool, write_results
 from corpus_sites import (
     CORPORA,
     HTML_CONTENT_TYPE,
@@ -44,6 +51,7 @@ from corpus_sites import (
     load_corpus,
     serve_corpus,
 )
+from feed_scale import PrefectServer, TreeRss
 
 from tasks.extract import ExtractJob, extract_article
 
@@ -95,6 +103,9 @@ class PollRun:
     seconds: float
     stdout: str
     stderr: str
+    peak_rss_mib: float
+    started_at: float  # time.time() at start and end, to place the Prefect runs on the timeline
+    ended_at: float
 
 
 def newsflow_command() -> str:
@@ -105,24 +116,20 @@ def newsflow_command() -> str:
     return found
 
 
-def run_poll(feeds_file: Path, data_dir: Path, timeout: float) -> PollRun:
-    """The command in its own session: on timeout the whole group (Prefect's server too) is killed."""
+def run_poll(feeds_file: Path, data_dir: Path, timeout: float, api_url: str | None = None) -> PollRun:
+    """The command in its own session: on timeout the whole group (Prefect's server too) is killed.
+    ``api_url``: a running Prefect server's API; None starts Prefect's temporary server."""
     cmd = [newsflow_command(), "poll", "--feeds", str(feeds_file), "--data-dir", str(data_dir)]
     env = {**os.environ, **POLL_ENV}
-    started = time.perf_counter()
-    with subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            stderr += f"\n[benchmark] killed after {timeout:.0f} s\n"
-    seconds = time.perf_counter() - started
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    run = run_command(cmd, env, timeout, watch=TreeRss)
+    stdout, stderr, seconds = run.stdout, run.stderr, run.seconds
     (data_dir / "poll.stdout").write_text(stdout)
     (data_dir / "poll.stderr").write_text(stderr)
-    return PollRun(proc.returncode, seconds, stdout, stderr)
+    peak = round(run.watcher.peak_bytes / 2**20, 1)
+    return PollRun(run.returncode, seconds, stdout, stderr, peak, run.started_at, run.started_at + seconds)
 
 
 def warehouse_counts(data_dir: Path) -> dict[str, Any]:
@@ -153,32 +160,39 @@ def warehouse_counts(data_dir: Path) -> dict[str, Any]:
 
 
 def _poll_result(poll: PollRun) -> dict[str, Any]:
-    out: dict[str, Any] = {"seconds": round(poll.seconds, 2), "returncode": poll.returncode}
+    out: dict[str, Any] = {
+        "seconds": round(poll.seconds, 2),
+        "returncode": poll.returncode,
+        "peak_rss_mib_process_tree": poll.peak_rss_mib,
+    }
     if poll.returncode != 0:
         out["stderr_tail"] = poll.stderr[-_TAIL:]
         out["stdout_tail"] = poll.stdout[-_TAIL:]
     return out
 
 
-def measure_startup(timeout: float, keep: bool) -> dict[str, Any]:
+def measure_startup(timeout: float, keep: bool, server: PrefectServer | None = None) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="newsflow-bench-empty-"))
     feeds_file = data_dir / "feeds.toml"
     feeds_file.write_text("# no feeds: measures the fixed cost of one poll run\n")
     try:
-        return _poll_result(run_poll(feeds_file, data_dir, timeout))
+        return _poll_result(run_poll(feeds_file, data_dir, timeout, server and server.api_url))
     finally:
         _cleanup(data_dir, keep)
 
 
-def measure_newsflow(pages: Sequence[CorpusPage], n_sites: int, timeout: float, keep: bool) -> dict[str, Any]:
+def measure_newsflow(
+    pages: Sequence[CorpusPage], n_sites: int, timeout: float, keep: bool, server: PrefectServer | None = None
+) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="newsflow-bench-"))
     try:
         with serve_corpus(n_sites, pages=pages) as corpus:
             feeds_file = corpus.write_feeds_toml(data_dir / "feeds.toml")
-            poll = run_poll(feeds_file, data_dir, timeout)
+            poll = run_poll(feeds_file, data_dir, timeout, server and server.api_url)
             served = _pages_served(corpus)
         out = {
             "sites": n_sites,
+            "prefect": "a running server" if server else "the temporary server the command starts",
             "pages_served": len(corpus.pages),
             "page_requests": served,
             **_poll_result(poll),
@@ -186,11 +200,73 @@ def measure_newsflow(pages: Sequence[CorpusPage], n_sites: int, timeout: float, 
         if poll.returncode == 0:
             out.update(warehouse_counts(data_dir))
             out["pages_per_second"] = round(out["articles"] / poll.seconds, 2)
+            if server:
+                out["breakdown"] = breakdown(server.api_url, poll)
         if keep:
             out["data_dir"] = str(data_dir)
         return out
     finally:
         _cleanup(data_dir, keep)
+
+
+def _when(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def breakdown(api_url: str, poll: PollRun) -> dict[str, Any]:
+    """Where the poll's time went, from its flow run and task runs on the server: the phases of
+    the timeline (they add up to the whole command) and the summed seconds of each task (tasks
+    overlap: the next batch is fetched while the current one is extracted)."""
+    flow = httpx.post(
+        api_url + "/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}, timeout=30
+    ).json()[0]
+    tasks: list[dict[str, Any]] = []
+    while True:  # the API gives at most 200 at a time
+        page = httpx.post(
+            api_url + "/task_runs/filter",
+            json={
+                "flow_runs": {"id": {"any_": [flow["id"]]}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": 200,
+                "offset": len(tasks),
+            },  # fmt: skip
+            timeout=30,
+        )
+        page.raise_for_status()
+        tasks += page.json()
+        if len(page.json()) < 200:
+            break
+    runs = [
+        (t["name"].rsplit("-", 1)[0], _when(t["start_time"]), _when(t["end_time"]))
+        for t in tasks
+        if t.get("start_time") and t.get("end_time")
+    ]
+    flow_start, flow_end = _when(flow["start_time"]), _when(flow["end_time"])
+    summed: dict[str, dict[str, float]] = {}
+    for name, start, end in runs:
+        entry = summed.setdefault(name, {"seconds": 0.0, "runs": 0})
+        entry["seconds"] = round(entry["seconds"] + end - start, 2)
+        entry["runs"] += 1
+    fetches = [r for r in runs if r[0] == "fetch-pages"]
+    extracts = [r for r in runs if r[0] == "extract-pages"]
+    phases: dict[str, float] = {"start-up (command start to flow run start)": flow_start - poll.started_at}
+    if fetches and extracts:
+        first_fetch, first_extract = fetches[0][1], min(r[1] for r in extracts)
+        last_extract = max(r[2] for r in extracts)
+        phases["feeds (fetch, parse, plan entries)"] = first_fetch - flow_start
+        phases["first batch fetched, nothing to extract yet"] = first_extract - first_fetch
+        phases["extraction (first to last extract-pages, fetch and load overlapped)"] = (
+            last_extract - first_extract
+        )
+        phases["after the last extraction (dedup, load, run record)"] = flow_end - last_extract
+    else:
+        phases["flow run"] = flow_end - flow_start
+    phases["exit (flow run end to process exit)"] = poll.ended_at - flow_end
+    return {
+        "phases_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "task_runs": summed,
+        "task_runs_total": len(runs),
+    }
 
 
 def _pages_served(corpus: CorpusSites) -> int:
@@ -206,20 +282,28 @@ def _cleanup(data_dir: Path, keep: bool) -> None:
 
 
 def derived(results: dict[str, Any]) -> dict[str, Any]:
-    limit, nf, startup = results.get("limit"), results.get("newsflow"), results.get("startup")
-    plain = results.get("limit_plain_trafilatura")
+    limit, plain = results.get("limit"), results.get("limit_plain_trafilatura")
     out: dict[str, Any] = {}
-    if not nf or "pages_per_second" not in nf:
-        return out
-    if limit:
-        out["newsflow_over_limit"] = round(nf["pages_per_second"] / limit["pages_per_second"], 3)
-    if plain:
-        out["newsflow_over_plain_trafilatura"] = round(nf["pages_per_second"] / plain["pages_per_second"], 3)
-    if startup and startup["returncode"] == 0 and nf["seconds"] > startup["seconds"]:
-        steady = nf["articles"] / (nf["seconds"] - startup["seconds"])
-        out["newsflow_pages_per_second_without_startup"] = round(steady, 2)
+    for poll_key, startup_key, suffix in (
+        ("newsflow", "startup", ""),
+        ("newsflow_with_server", "startup_with_server", "_with_running_server"),
+    ):
+        nf, startup = results.get(poll_key), results.get(startup_key)
+        if not nf or "pages_per_second" not in nf:
+            continue
         if limit:
-            out["newsflow_without_startup_over_limit"] = round(steady / limit["pages_per_second"], 3)
+            out[f"newsflow{suffix}_over_limit"] = round(nf["pages_per_second"] / limit["pages_per_second"], 3)
+        if plain:
+            out[f"newsflow{suffix}_over_plain_trafilatura"] = round(
+                nf["pages_per_second"] / plain["pages_per_second"], 3
+            )
+        if startup and startup["returncode"] == 0 and nf["seconds"] > startup["seconds"]:
+            steady = nf["articles"] / (nf["seconds"] - startup["seconds"])
+            out[f"newsflow{suffix}_pages_per_second_without_startup"] = round(steady, 2)
+            if limit:
+                out[f"newsflow{suffix}_without_startup_over_limit"] = round(
+                    steady / limit["pages_per_second"], 3
+                )
     return out
 
 
@@ -227,30 +311,42 @@ def table_rows(results: dict[str, Any]) -> list[list[object]]:
     rows: list[list[object]] = []
     if limit := results.get("limit"):
         label = f"limit: extract_article, {limit['workers']} procs"
-        rows.append([label, limit["pages"], limit["seconds"], limit["pages_per_second"]])
+        rows.append([label, limit["pages"], limit["seconds"], limit["pages_per_second"], None])
     if plain := results.get("limit_plain_trafilatura"):
         label = f"trafilatura.extract alone (no metadata), {plain['workers']} procs"
-        rows.append([label, plain["pages"], plain["seconds"], plain["pages_per_second"]])
-    if startup := results.get("startup"):
-        rows.append(["startup: newsflow poll, no feeds", 0, startup["seconds"], None])
-    if nf := results.get("newsflow"):
-        label = f"newsflow poll, {nf['sites']} loopback sites"
-        rows.append([label, nf.get("articles"), nf["seconds"], nf.get("pages_per_second")])
+        rows.append([label, plain["pages"], plain["seconds"], plain["pages_per_second"], None])
+    for key, label in (
+        ("startup", "start-up: newsflow poll, no feeds (temporary Prefect server)"),
+        ("newsflow", "newsflow poll (temporary Prefect server)"),
+        ("startup_with_server", "start-up: newsflow poll, no feeds (running Prefect server)"),
+        ("newsflow_with_server", "newsflow poll (running Prefect server)"),
+    ):
+        if run := results.get(key):
+            rows.append([label, run.get("articles", 0), run["seconds"], run.get("pages_per_second"),
+                         run.get("peak_rss_mib_process_tree")])  # fmt: skip
     return rows
 
 
 def _print_report(results: dict[str, Any]) -> None:
-    print_table("Throughput (pages/s)", ["measure", "pages", "seconds", "pages/s"], table_rows(results))
+    print_table(
+        "Throughput (pages/s)",
+        ["measure", "pages", "seconds", "pages/s", "peak RSS MiB (tree)"],
+        table_rows(results),
+    )
     for key, value in results["derived"].items():
         print(f"{key.replace('_', ' ')}: {value}")
-    nf = results.get("newsflow")
-    if nf and nf["returncode"] != 0:
-        print(
-            f"\nnewsflow poll FAILED (exit code {nf['returncode']}); end of its stderr:\n{nf['stderr_tail']}"
-        )
-    elif nf:
-        print(f"warehouse: {nf['articles']} articles ({nf['articles_with_text']} with text), "
-              f"run summary {nf['run_summary']}, fetch failures {nf['fetch_failures'] or 'none'}")  # fmt: skip
+    for key in ("newsflow", "newsflow_with_server"):
+        nf = results.get(key)
+        if nf and nf["returncode"] != 0:
+            print(f"\n{key} FAILED (exit code {nf['returncode']}); end of its stderr:\n{nf['stderr_tail']}")
+        elif nf:
+            print(f"{key}: {nf['articles']} articles ({nf['articles_with_text']} with text), "
+                  f"run summary {nf['run_summary']}, fetch failures {nf['fetch_failures'] or 'none'}")  # fmt: skip
+        if nf and (b := nf.get("breakdown")):
+            rows = [[k, v] for k, v in b["phases_seconds"].items()]
+            print_table(f"Where the {nf['seconds']} s went ({key})", ["phase", "seconds"], rows)
+            rows = [[k, v["runs"], v["seconds"]] for k, v in b["task_runs"].items()]
+            print_table("Task runs (summed; they overlap)", ["task", "runs", "seconds"], rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -266,6 +362,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA))
     parser.add_argument("--workers", type=int, default=2, help="processes for the limit (default 2)")
     parser.add_argument("--no-startup", action="store_true", help="skip the empty-poll start-up measure")
+    parser.add_argument(
+        "--no-server", action="store_true", help="skip the polls against a running Prefect server"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a poll is killed")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dirs")
     parser.add_argument(
@@ -299,11 +398,23 @@ def main(argv: list[str] | None = None) -> int:
             results["startup"] = measure_startup(args.timeout, args.keep_data)
         print(f"newsflow: poll of {len(pages)} pages on {args.sites} sites", file=sys.stderr, flush=True)
         results["newsflow"] = measure_newsflow(pages, args.sites, args.timeout, args.keep_data)
+        if not args.no_server:
+            with tempfile.TemporaryDirectory(prefix="newsflow-bench-prefect-") as home:
+                server = PrefectServer(Path(home))
+                try:
+                    print("the same against a running Prefect server", file=sys.stderr, flush=True)
+                    if not args.no_startup:
+                        results["startup_with_server"] = measure_startup(args.timeout, args.keep_data, server)
+                    results["newsflow_with_server"] = measure_newsflow(
+                        pages, args.sites, args.timeout, args.keep_data, server
+                    )
+                finally:
+                    server.stop()
     results["derived"] = derived(results)
     _print_report(results)
     print(f"results: {write_results(results, 'throughput.json', args.output)}")
-    nf = results.get("newsflow")
-    return 1 if nf and nf["returncode"] != 0 else 0
+    failed = [k for k in ("newsflow", "newsflow_with_server") if results.get(k, {}).get("returncode", 0) != 0]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
