@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def start(args: list[str], env: dict) -> subprocess.Popen:
 @pytest.fixture
 def small_site(site, tmp_path):
     stories = [make_story(i, seed=7) for i in range(4)]
+    # For the README's phrase search: one story holds the phrase, another both words apart.
+    p0, p1 = stories[0].paragraphs, stories[1].paragraphs
+    stories[0] = replace(stories[0], paragraphs=(p0[0] + " Talks on a security guarantee went on.", *p0[1:]))
+    stories[1] = replace(stories[1], paragraphs=(p1[0] + " Security was tight; no guarantee was given.", *p1[1:]))
     for s in stories:
         site.routes[f"/p/{s.slug}.html"] = page_route(s)
     site.routes["/rss.xml"] = Route(
@@ -77,6 +82,8 @@ def test_readme_queries_run_as_written(prefect_api, tmp_path, small_site, monkey
     data = tmp_path / "data"
     env = subprocess_env(prefect_api, data)
     assert run(["poll", "--feeds", str(small_site.feeds_file), "--data-dir", str(data)], env).returncode == 0
+    # The phrase search reads the full-text index, which maintenance builds.
+    assert run(["warehouse", "maintain", "--data-dir", str(data)], env).returncode == 0
     monkeypatch.chdir(tmp_path)  # the README's paths are relative to where ./data is
     con = duckdb.connect(str(data / "newsflow.duckdb"), read_only=True)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -94,6 +101,16 @@ def test_readme_queries_run_as_written(prefect_api, tmp_path, small_site, monkey
         files("warehouse").joinpath("queries", "articles_per_outlet_per_day.sql").read_text()
     )
     assert sum(r[2] for r in counts.fetchall()) == 4
+    # The phrase search through the index finds what a scan finds.
+    phrase = files("warehouse").joinpath("queries", "phrase_search.sql").read_text()
+    scan = (
+        "SELECT a.published_at, coalesce(f.name, a.sitename) AS outlet, a.title, a.url "
+        "FROM articles_latest a LEFT JOIN feeds f USING (feed_url) "
+        "WHERE a.duplicate_of IS NULL AND a.text ILIKE '%security guarantee%'"
+    )
+    found = con.execute(phrase).fetchall()
+    assert sorted(found) == sorted(con.execute(scan).fetchall())
+    assert [r[2] for r in found] == [small_site.stories[0].title]
 
 
 def test_two_polls_at_once_both_complete_and_nothing_is_duplicated(prefect_api, tmp_path, small_site):
