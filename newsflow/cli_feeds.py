@@ -227,7 +227,10 @@ def cmd_revive(args: argparse.Namespace) -> int:
     settings = build_settings(data_dir=args.data_dir)
     now = datetime.now(UTC)
     try:
-        with WriterLock(settings.data_dir, settings.lock_timeout, "feeds revive"), Warehouse(settings.data_dir) as wh:
+        with (
+            WriterLock(settings.data_dir, settings.lock_timeout, "feeds revive"),
+            Warehouse(settings.data_dir) as wh,
+        ):
             row = wh.feed_rows([args.url]).get(args.url)
             if row is None:
                 return _fail("revive", f"no feed {args.url} in the warehouse at {settings.data_dir}", 1)
@@ -269,9 +272,12 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_add)
 
     q = feeds_sub.add_parser(
-        "status", help="one row per feed: state, last success, failures, last error, next due, new items per day"
+        "status",
+        help="one row per feed: state, last success, failures, last error, next due, new items per day",
     )
-    q.add_argument("--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)")
+    q.add_argument(
+        "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
+    )
     q.add_argument("--failing", action="store_true", help="only feeds failing, backing off, dead or retired")
     q.add_argument("--sort", choices=tuple(STATUS_ORDER), default="state", help="sort order (default: state)")
     q.add_argument("--limit", type=int, help="at most this many rows")
@@ -280,7 +286,9 @@ def register(sub) -> None:
 
     q = feeds_sub.add_parser("revive", help="poll a dead or retired (410) feed again from the next poll")
     q.add_argument("url", help="the feed's URL, as in feeds.toml")
-    q.add_argument("--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)")
+    q.add_argument(
+        "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
+    )
     q.set_defaults(func=cmd_revive)
 
     q = feeds_sub.add_parser("import", help="add the feeds of an OPML file (folders become tags)")

@@ -46,7 +46,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if result.method == "fts":
         how = f"full-text index of {result.index_built_at:%Y-%m-%d %H:%M} UTC, and the articles stored since"
     else:
-        how = "every text scanned" + (" (a writer holds the DuckDB file: Parquet)" if source == "parquet" else "")
+        how = "every text scanned" + (
+            " (a writer holds the DuckDB file: Parquet)" if source == "parquet" else ""
+        )
     err.print(f"[dim]{len(result.rows)} article(s); {how}[/dim]")
     return 0
 
@@ -54,8 +56,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("search", help="articles whose text holds a phrase (full-text index, else a scan)")
     p.add_argument("phrase", help='the words to find, in order, e.g. "security guarantee"')
-    p.add_argument("--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)")
-    p.add_argument("--all-versions", action="store_true", help="every version of an article, not only its latest")
-    p.add_argument("--scan", action="store_true", help="scan every text, without the index (slower; same result)")
+    p.add_argument(
+        "--data-dir", type=Path, help="warehouse directory (default: ./data, or NEWSFLOW_DATA_DIR)"
+    )
+    p.add_argument(
+        "--all-versions", action="store_true", help="every version of an article, not only its latest"
+    )
+    p.add_argument(
+        "--scan", action="store_true", help="scan every text, without the index (slower; same result)"
+    )
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_search)

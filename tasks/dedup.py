@@ -355,7 +355,11 @@ def plan_entries(
         for key in dict.fromkeys([*pages, *refreshed])
     ]
     return EntryPlan(
-        pages=jobs, known=known, no_link=no_link, skipped_over_limit=skipped, feeds_over_limit=frozenset(over_limit)
+        pages=jobs,
+        known=known,
+        no_link=no_link,
+        skipped_over_limit=skipped,
+        feeds_over_limit=frozenset(over_limit),
     )
 
 

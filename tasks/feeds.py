@@ -54,9 +54,7 @@ def due_feeds(
     (it answered 410 Gone: ``newsflow feeds revive`` brings it back)."""
     schedules = {s.url: FeedSchedule.from_row(stored.get(s.url)) for s in specs}
     due = tuple(
-        s
-        for s in specs
-        if (poll_all and schedules[s.url].state != RETIRED) or is_due(schedules[s.url], now)
+        s for s in specs if (poll_all and schedules[s.url].state != RETIRED) or is_due(schedules[s.url], now)
     )
     return DueFeeds(due=due, schedules=schedules, listed=len(specs))
 
@@ -94,7 +92,10 @@ def load_feed_list(path: Path) -> list[FeedSpec]:
                     raise ValueError(f"{path}: feeds[{i}].{key}: {exc}") from None
         specs.append(
             FeedSpec(
-                url=url, name=item.get("name"), tags=tuple(str(t) for t in tags), override=FeedOverride(**override)
+                url=url,
+                name=item.get("name"),
+                tags=tuple(str(t) for t in tags),
+                override=FeedOverride(**override),
             )
         )
     return specs

@@ -250,7 +250,9 @@ class PacedStream(httpcore.AsyncNetworkStream):
     not only where newsflow scheduled the request. A write after a read starts a new request
     (HTTP/1.1 keep-alive: request, response, request, ...)."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream, pace: Callable[[], float], sent: Callable[[], None]):
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, pace: Callable[[], float], sent: Callable[[], None]
+    ):
         self._inner = inner
         self._pace = pace
         self._sent = sent
@@ -276,7 +278,9 @@ class PacedStream(httpcore.AsyncNetworkStream):
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> PacedStream:
-        return PacedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._pace, self._sent)
+        return PacedStream(
+            await self._inner.start_tls(ssl_context, server_hostname, timeout), self._pace, self._sent
+        )
 
     def get_extra_info(self, info: str):
         return self._inner.get_extra_info(info)
@@ -294,7 +298,9 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
             http2=False,
-            network_backend=GuardedNetworkBackend(settings.allow_private_networks, state, settings.host_min_delay),
+            network_backend=GuardedNetworkBackend(
+                settings.allow_private_networks, state, settings.host_min_delay
+            ),
         )
 
 

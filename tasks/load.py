@@ -351,9 +351,7 @@ def article_row(
 RawRef = tuple[str | None, int | None]  # (WARC path under the data dir, record offset)
 
 
-def archive_raw(
-    location: Path | Storage, load_batch: str, results: Sequence[FetchResult]
-) -> list[RawRef]:
+def archive_raw(location: Path | Storage, load_batch: str, results: Sequence[FetchResult]) -> list[RawRef]:
     """Write the batch's response bodies to its WARC file (in the warehouse's storage: a data
     dir's recorded one, or the Storage given); one reference per result."""
     archive = RawArchiveWriter(location, raw_path_for(load_batch, datetime.now(UTC)))
@@ -452,7 +450,9 @@ def poll_observation(outcome: FeedOutcome, new_entries: int, now: datetime) -> P
     """What one feed's poll tells its schedule."""
     r = outcome.result
     parsed = outcome.parsed
-    dates = tuple(d for e in (parsed.entries if parsed else ()) for d in (e.published_at or e.updated_at,) if d)
+    dates = tuple(
+        d for e in (parsed.entries if parsed else ()) for d in (e.published_at or e.updated_at,) if d
+    )
     return PollObservation(
         at=now,
         ok=not outcome.failed,

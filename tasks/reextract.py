@@ -29,9 +29,7 @@ class Candidate:
     raw_offset: int
 
 
-def raw_jobs(
-    location: Path | Storage, candidates: Sequence[Candidate]
-) -> tuple[list[ExtractJob], list[str]]:
+def raw_jobs(location: Path | Storage, candidates: Sequence[Candidate]) -> tuple[list[ExtractJob], list[str]]:
     """Extraction jobs from the raw archive (a data dir's recorded storage, or the Storage given);
     the ids whose raw record is gone (pruned) apart."""
     storage = as_storage(location)  # resolved once, not per record

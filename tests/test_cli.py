@@ -41,7 +41,9 @@ def small_site(site, tmp_path):
     # For the README's phrase search: one story holds the phrase, another both words apart.
     p0, p1 = stories[0].paragraphs, stories[1].paragraphs
     stories[0] = replace(stories[0], paragraphs=(p0[0] + " Talks on a security guarantee went on.", *p0[1:]))
-    stories[1] = replace(stories[1], paragraphs=(p1[0] + " Security was tight; no guarantee was given.", *p1[1:]))
+    stories[1] = replace(
+        stories[1], paragraphs=(p1[0] + " Security was tight; no guarantee was given.", *p1[1:])
+    )
     for s in stories:
         site.routes[f"/p/{s.slug}.html"] = page_route(s)
     site.routes["/rss.xml"] = Route(

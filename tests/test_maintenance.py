@@ -67,7 +67,10 @@ def built(prefect_api, site, tmp_path_factory) -> Path:
         assert poll_flow(feeds_file=str(feeds_file), data_dir=str(data))["articles_extracted"] == 5
         stories += [make_story(i, seed=3) for i in range(5, 8)]
         _publish(site, stories)
-        assert poll_flow(feeds_file=str(feeds_file), data_dir=str(data), all_feeds=True)["articles_extracted"] == 3
+        assert (
+            poll_flow(feeds_file=str(feeds_file), data_dir=str(data), all_feeds=True)["articles_extracted"]
+            == 3
+        )
     site.feeds_file = feeds_file
     site.stories = stories
     return data
@@ -461,7 +464,11 @@ def test_maintenance_flow_runs_on_prefect(prefect_api, env, monkeypatch):
 
     report = maintenance_flow(data_dir=str(data))
 
-    assert report["recovered"] == {"temporary_files_removed": 0, "batches_reexported": 0, "indexes_rebuilt": 0}
+    assert report["recovered"] == {
+        "temporary_files_removed": 0,
+        "batches_reexported": 0,
+        "indexes_rebuilt": 0,
+    }
     # The past partition of every table is merged; today's is left to the polls.
     assert report["partitions_compacted"] == 3 and report["files_merged"] == 9
     for t in POLLED:

@@ -479,7 +479,9 @@ def test_a_feed_on_a_host_postponed_by_an_earlier_run_is_not_requested(
 
     # The next run (a new process would do the same: the pause is in host_state) sends nothing.
     site.routes["/f.xml"] = Route(body=dated_rss("back", 3, timedelta(hours=1), T0), content_type=RSS)
-    poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0 + timedelta(days=1), all_feeds=True)
+    poll_flow(
+        feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0 + timedelta(days=1), all_feeds=True
+    )
     assert site.hits["/f.xml"] == 1
     feed = _feed(newsflow_env, site.url("/f.xml"))
     assert feed["last_error_class"] == "host_postponed" and feed["consecutive_failures"] == 1
@@ -507,7 +509,9 @@ def test_a_page_that_failed_for_a_transient_reason_is_retried_though_the_feed_di
     site.routes["/a/flaky.html"] = page_route(flaky)
     second = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0, all_feeds=True)
     # the feed's bytes did not change, yet it was read again for the entry still waiting
-    assert second["feeds_polled"] == 1 and second["feeds_not_modified"] == 0 and site.hits["/a/flaky.html"] == 2
+    assert (
+        second["feeds_polled"] == 1 and second["feeds_not_modified"] == 0 and site.hits["/a/flaky.html"] == 2
+    )
     assert second["articles_extracted"] == 1 and site.hits["/a/ok.html"] == 1
     third = poll_flow(feeds_file=str(feeds_file), data_dir=str(newsflow_env), now=T0, all_feeds=True)
     assert third["feeds_not_modified"] == 1 and third["pages_fetched"] == 0  # nothing waits any more

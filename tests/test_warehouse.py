@@ -346,7 +346,11 @@ def test_recover_removes_orphaned_temporaries(tmp_path, ctx):
     assert _parquet_count(data, "articles") == 1
     try:
         with Warehouse(data) as wh:
-            assert wh.recover() == {"temporary_files_removed": 2, "batches_reexported": 0, "indexes_rebuilt": 0}
+            assert wh.recover() == {
+                "temporary_files_removed": 2,
+                "batches_reexported": 0,
+                "indexes_rebuilt": 0,
+            }
         assert not orphan1.exists() and not orphan2.exists()
         assert in_flight.exists()
     finally:

@@ -312,7 +312,9 @@ def _replace_partition_elsewhere(storage: Storage, table: str, day: date, data: 
     if data.num_rows:
         buffer = pa.BufferOutputStream()
         pq.write_table(data, buffer, compression="zstd")
-        fs.pipe_file(f"{part}/{COMPACTED_PREFIX}{uuid.uuid4().hex[:20]}.parquet", buffer.getvalue().to_pybytes())
+        fs.pipe_file(
+            f"{part}/{COMPACTED_PREFIX}{uuid.uuid4().hex[:20]}.parquet", buffer.getvalue().to_pybytes()
+        )
     if replaced:
         fs.rm(replaced)
 

@@ -462,7 +462,9 @@ class Warehouse:
     def feed_health(self, urls: Sequence[str] | None = None) -> list[dict]:
         """``queries/feed_status.sql`` for these feeds (all when None), failing ones first."""
         sql = files("warehouse").joinpath("queries", "feed_status.sql").read_text()
-        cur = self.con.execute(sql + SQL_FEED_HEALTH_ORDER, {"feeds": list(urls) if urls is not None else None})
+        cur = self.con.execute(
+            sql + SQL_FEED_HEALTH_ORDER, {"feeds": list(urls) if urls is not None else None}
+        )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -473,7 +475,10 @@ class Warehouse:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            for sql, table, data in ((SQL_UPSERT_FEED, "feeds", rows), (SQL_INSERT_FEED_EVENTS, "feed_events", events)):
+            for sql, table, data in (
+                (SQL_UPSERT_FEED, "feeds", rows),
+                (SQL_INSERT_FEED_EVENTS, "feed_events", events),
+            ):
                 if not data:
                     continue
                 con.register("incoming", self.to_arrow(table, data))

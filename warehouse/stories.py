@@ -384,7 +384,9 @@ def story_views_sql() -> str:
     (``warehouse.queries.parquet_connection``, while a writer holds DuckDB)."""
     sql = files("warehouse").joinpath("migrations", "011_faster_views.sql").read_text()
     # Plain CREATE: on a connection that has them already, nothing is replaced (and it says so).
-    return sql[sql.index("CREATE OR REPLACE VIEW articles_latest") :].replace("CREATE OR REPLACE VIEW", "CREATE VIEW")
+    return sql[sql.index("CREATE OR REPLACE VIEW articles_latest") :].replace(
+        "CREATE OR REPLACE VIEW", "CREATE VIEW"
+    )
 
 
 def create_story_views(con: duckdb.DuckDBPyConnection) -> bool:

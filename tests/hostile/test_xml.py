@@ -348,7 +348,9 @@ def test_a_backfill_gives_up_a_feed_page_too_costly_to_parse(site, settings):
         content_type=RSS,
     )
     started = time.monotonic()
-    walk = walk_feed_archive(site.url("/costly.xml"), 3, settings.model_copy(update={"feed_parse_timeout": 1}))
+    walk = walk_feed_archive(
+        site.url("/costly.xml"), 3, settings.model_copy(update={"feed_parse_timeout": 1})
+    )
     took = time.monotonic() - started
     measured("xml", "backfill: 2 MiB of empty elements, parse bound 1 s", seconds=took)
     assert walk.entries == [] and len(walk.failures) == 1
