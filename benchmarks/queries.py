@@ -102,25 +102,36 @@ def maintained_warehouse(size: int, log=print) -> tuple[Path, dict[str, Any]]:
     return path, info
 
 
-def time_in_process(data_dir: Path, sql: str, repeat: int, drop: bool, cwd: Path) -> dict[str, Any]:
+def timed_runs(data_dir: Path, repeat: int, drop: bool, run) -> tuple[Any, str, dict[str, Any]]:
+    """``run(con)`` on a fresh read-only connection (as ``newsflow sql`` opens one), ``1 + repeat``
+    times, the page cache dropped first when ``drop``: the last result, where it read from, and
+    the first (cold) and median of the others (warm) seconds."""
     from warehouse.queries import open_for_reading
 
+    if drop:
+        drop_page_cache()
+    times, result, source = [], None, ""
+    for _ in range(1 + repeat):
+        con, source = open_for_reading(data_dir)
+        try:
+            started = time.perf_counter()
+            result = run(con)
+            times.append(time.perf_counter() - started)
+        finally:
+            con.close()
+    seconds = {"cold_seconds": round(times[0], 3),
+               "warm_seconds": round(statistics.median(times[1:]), 3) if repeat else None}  # fmt: skip
+    return result, source, seconds
+
+
+def time_in_process(data_dir: Path, sql: str, repeat: int, drop: bool, cwd: Path) -> dict[str, Any]:
     previous = os.getcwd()
     os.chdir(cwd)  # the README's Parquet paths are relative to where ./data is
     try:
-        if drop:
-            drop_page_cache()
-        times, rows = [], None
-        for _ in range(1 + repeat):
-            con, source = open_for_reading(data_dir)
-            try:
-                started = time.perf_counter()
-                rows = len(con.execute(sql).fetchall())
-                times.append(time.perf_counter() - started)
-            finally:
-                con.close()
-        return {"source": source, "rows": rows, "cold_seconds": round(times[0], 3),
-                "warm_seconds": round(statistics.median(times[1:]), 3) if repeat else None}  # fmt: skip
+        rows, source, seconds = timed_runs(
+            data_dir, repeat, drop, lambda con: len(con.execute(sql).fetchall())
+        )
+        return {"source": source, "rows": rows, **seconds}
     finally:
         os.chdir(previous)
 
@@ -141,24 +152,14 @@ def time_command(args: list[str], cwd: Path) -> dict[str, Any]:
 
 
 def time_search(data_dir: Path, repeat: int, drop: bool) -> dict[str, Any]:
-    from warehouse.queries import open_for_reading
     from warehouse.search import search
 
     out: dict[str, Any] = {}
     for label, use_index in (("fts", True), ("scan", False)):
-        if drop:
-            drop_page_cache()
-        times, found = [], None
-        for _ in range(1 + repeat):
-            con, _source = open_for_reading(data_dir)
-            try:
-                started = time.perf_counter()
-                found = search(con, PHRASE, use_index=use_index)
-                times.append(time.perf_counter() - started)
-            finally:
-                con.close()
-        out[label] = {"method": found.method, "rows": len(found.rows), "cold_seconds": round(times[0], 3),
-                      "warm_seconds": round(statistics.median(times[1:]), 3) if repeat else None,
+        found, _source, seconds = timed_runs(
+            data_dir, repeat, drop, lambda con, use_index=use_index: search(con, PHRASE, use_index=use_index)
+        )
+        out[label] = {"method": found.method, "rows": len(found.rows), **seconds,
                       "article_ids": [r[4] for r in found.rows]}  # fmt: skip
     out["same_articles"] = out["fts"].pop("article_ids") == out["scan"].pop("article_ids")
     return out
