@@ -199,7 +199,9 @@ class DaskExtractor:
         with api:
             for size in chunk_sizes(len(jobs), self.threads()):
                 part = tuple(jobs[start : start + size])
-                future = self._runner.submit(t.extract_on_worker, parameters={"jobs": part})
+                # Plain parameters: the task runner sends them to the cluster as they are (a quoted
+                # batch would reach the worker still wrapped).
+                future = self._runner.submit(t.extract_on_worker.task, parameters={"jobs": part})
                 chunks.append(_Chunk(tuple(positions[start : start + size]), part, future))
                 start += size
         return chunks

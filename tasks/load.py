@@ -37,7 +37,7 @@ from tasks.schedule import (
     header_hint_seconds,
     next_schedule,
 )
-from warehouse.raw_archive import RawArchiveWriter, raw_path_for
+from warehouse.raw_archive import DEFAULT_GZIP_LEVEL, RawArchiveWriter, raw_path_for
 from warehouse.storage import Storage
 
 # A page that failed this way is tried again next run; any other failure is final for its entries.
@@ -351,10 +351,15 @@ def article_row(
 RawRef = tuple[str | None, int | None]  # (WARC path under the data dir, record offset)
 
 
-def archive_raw(location: Path | Storage, load_batch: str, results: Sequence[FetchResult]) -> list[RawRef]:
+def archive_raw(
+    location: Path | Storage,
+    load_batch: str,
+    results: Sequence[FetchResult],
+    level: int = DEFAULT_GZIP_LEVEL,
+) -> list[RawRef]:
     """Write the batch's response bodies to its WARC file (in the warehouse's storage: a data
-    dir's recorded one, or the Storage given); one reference per result."""
-    archive = RawArchiveWriter(location, raw_path_for(load_batch, datetime.now(UTC)))
+    dir's recorded one, or the Storage given), gzipped at ``level``; one reference per result."""
+    archive = RawArchiveWriter(location, raw_path_for(load_batch, datetime.now(UTC)), level)
     try:
         offsets = [archive.add(r) for r in results]
         path = archive.commit()

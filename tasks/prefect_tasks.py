@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from newsflow.settings import Settings
 from tasks import dedup, feeds, fetch, load, parse, reextract, robots
@@ -24,19 +25,56 @@ from warehouse.store import Warehouse
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="read-feed-list", **_TASK)
+class BatchTask:
+    """A Prefect task whose arguments reach its function whole: each is wrapped in ``quote``, so
+    Prefect does not walk it element by element looking for futures to resolve and inputs to
+    record, twice per call (task run inputs, then parameter resolution) over every page, header
+    and extracted text of a batch. In the 974-page poll of benchmarks/throughput.py that walk
+    held the GIL for 2.5 s (py-spy); with ``quote`` the command's own CPU went from 10.1 to
+    8.4 s, on the cores extraction needs. The flows never pass a future to a task (they take
+    ``.result()`` first), so there is nothing for the walk to find.
+
+    ``fn`` is the plain function (unit tests call it without Prefect); ``task`` the Prefect task
+    (what a task runner's ``submit`` takes; a runner that sends the parameters to other
+    processes, such as Dask's, is given them plain)."""
+
+    def __init__(self, fn, name: str):
+        self.fn = fn
+        self.name = name
+        self.task = task(fn, name=name, **_TASK)
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args, **kwargs):
+        return self.task(*whole(args), **whole(kwargs))
+
+    def submit(self, *args, **kwargs):
+        return self.task.submit(*whole(args), **whole(kwargs))
+
+
+def whole(values):
+    """``values`` (a tuple of arguments or a dict of parameters), each wrapped in ``quote``."""
+    if isinstance(values, dict):
+        return {k: quote(v) for k, v in values.items()}
+    return tuple(quote(v) for v in values)
+
+
+def batch_task(name: str):
+    return lambda fn: BatchTask(fn, name)
+
+
+@batch_task("read-feed-list")
 def read_feed_list(path: Path) -> list[feeds.FeedSpec]:
     return feeds.load_feed_list(path)
 
 
-@task(name="select-due-feeds", **_TASK)
+@batch_task("select-due-feeds")
 def select_due_feeds(
     specs: list[feeds.FeedSpec], wh: Warehouse, now: datetime, poll_all: bool
 ) -> feeds.DueFeeds:
     return feeds.due_feeds(specs, wh.feed_rows([s.url for s in specs]), now, poll_all)
 
 
-@task(name="fetch-feeds", **_TASK)
+@batch_task("fetch-feeds")
 def fetch_feeds(due: feeds.DueFeeds, wh: Warehouse, settings: Settings) -> list[fetch.FetchResult]:
     """The due feeds, conditionally, from where they live now. Feeds share each host's budget
     (concurrency, spacing, postponement) with the pages fetched later in the same run."""
@@ -49,7 +87,7 @@ def fetch_feeds(due: feeds.DueFeeds, wh: Warehouse, settings: Settings) -> list[
     return fetch.fetch_all(requests, settings, robots.run_state(flow_run.id))
 
 
-@task(name="parse-feeds", **_TASK)
+@batch_task("parse-feeds")
 def parse_feeds(
     results: list[fetch.FetchResult],
     due: feeds.DueFeeds,
@@ -62,7 +100,7 @@ def parse_feeds(
     return parse.parse_feed_results(results, previous, feed_urls, pool, settings.feed_parse_timeout)
 
 
-@task(name="plan-entries", **_TASK)
+@batch_task("plan-entries")
 def plan_entries(outcomes: list[parse.FeedOutcome], wh: Warehouse, settings: Settings) -> dedup.EntryPlan:
     candidates = dedup.keyed_entries((o.feed_url, o.parsed.entries) for o in outcomes if o.parsed is not None)
     stored_dates = wh.entry_dates([c.entry_key for c in candidates])  # the entries seen before
@@ -76,7 +114,7 @@ def plan_entries(outcomes: list[parse.FeedOutcome], wh: Warehouse, settings: Set
     )
 
 
-@task(name="fetch-pages", **_TASK)
+@batch_task("fetch-pages")
 def fetch_pages(jobs: Sequence[dedup.PageJob], settings: Settings) -> list[fetch.FetchResult]:
     """Article pages, robots.txt checked. Robots rules and postponed hosts are kept per flow run,
     so the batches of one run share them (robots.txt fetched once per host per run)."""
@@ -100,7 +138,7 @@ def page_extract_jobs(results: Sequence[fetch.FetchResult]) -> tuple[list[Extrac
     return jobs, positions
 
 
-@task(name="extract-pages", **_TASK)
+@batch_task("extract-pages")
 def extract_pages(results: Sequence[fetch.FetchResult], pool: ExtractorPool) -> list:
     """One ``Extracted`` per fetch result (None where there was no body), in order."""
     jobs, positions = page_extract_jobs(results)
@@ -110,14 +148,14 @@ def extract_pages(results: Sequence[fetch.FetchResult], pool: ExtractorPool) -> 
     return extracted
 
 
-@task(name="extract-on-worker", **_TASK)
+@batch_task("extract-on-worker")
 def extract_on_worker(jobs: Sequence[ExtractJob]) -> list:
     """A chunk of a batch on a Dask worker (flows/dask_extraction.py), in the worker's own
     process: the cluster's worker processes are the pool."""
     return extract_batch(list(jobs))
 
 
-@task(name="dedup-articles", **_TASK)
+@batch_task("dedup-articles")
 def dedup_articles(jobs, results, extracted, wh: Warehouse) -> list[load.PageArticle]:
     """Identify the fetched pages, find the stored versions of their URLs (a page fetched again
     is a new version when its text changed, nothing when not), and decide the rest duplicate or
@@ -135,14 +173,14 @@ def dedup_articles(jobs, results, extracted, wh: Warehouse) -> list[load.PageArt
     return load.dedup_pages(pages, known_canonical, known_hash, original_keys)
 
 
-@task(name="archive-pages", **_TASK)
+@batch_task("archive-pages")
 def archive_pages(
-    results: Sequence[fetch.FetchResult], storage: Path | Storage, batch_id: str
+    results: Sequence[fetch.FetchResult], storage: Path | Storage, batch_id: str, settings: Settings
 ) -> list[load.RawRef]:
-    return load.archive_raw(storage, batch_id, results)
+    return load.archive_raw(storage, batch_id, results, settings.raw_gzip_level)
 
 
-@task(name="load-pages", **_TASK)
+@batch_task("load-pages")
 def load_pages(
     pages: Sequence[load.PageArticle],
     raw_refs: Sequence[load.RawRef],
@@ -155,7 +193,7 @@ def load_pages(
     return wh.load_batch(batch_id, ctx.run_id, rows)
 
 
-@task(name="load-feeds", **_TASK)
+@batch_task("load-feeds")
 def load_feeds(
     due: feeds.DueFeeds,
     outcomes: list[parse.FeedOutcome],
@@ -172,7 +210,7 @@ def load_feeds(
     A feed that did not change (304, or the same bytes) writes nothing but its state."""
     batch_id = ctx.next_batch_id()
     logged = [o for o in outcomes if not o.unchanged]
-    refs = load.archive_raw(wh.storage, batch_id, [o.result for o in logged])
+    refs = load.archive_raw(wh.storage, batch_id, [o.result for o in logged], settings.raw_gzip_level)
     rows: dict[str, list[dict]] = {
         "fetch_log": [
             load.fetch_log_row(o.result, "feed", ctx, batch_id, n, raw, (o.error_class, o.error_message))
@@ -210,13 +248,13 @@ def load_feeds(
     return counts
 
 
-@task(name="feed-health", **_TASK)
+@batch_task("feed-health")
 def feed_health(specs: list[feeds.FeedSpec], wh: Warehouse) -> list[dict]:
     """One row per listed feed: state, last success, failures, last error, next due, rate."""
     return wh.feed_health([s.url for s in specs])
 
 
-@task(name="load-known-entries", **_TASK)
+@batch_task("load-known-entries")
 def load_known_entries(plan: dedup.EntryPlan, wh: Warehouse, ctx: load.RunContext) -> dict[str, int]:
     """Entries that needed no fetch (link already stored, or no link), in a batch of their own."""
     batch_id = ctx.next_batch_id()
@@ -225,7 +263,7 @@ def load_known_entries(plan: dedup.EntryPlan, wh: Warehouse, ctx: load.RunContex
     )
 
 
-@task(name="load-source-fetches", **_TASK)
+@batch_task("load-source-fetches")
 def load_source_fetches(records, kind: str, wh: Warehouse, ctx: load.RunContext) -> dict[str, int]:
     """fetch_log rows for what a backfill fetched to find its pages (sitemaps, feed pages)."""
     batch_id = ctx.next_batch_id()
@@ -238,7 +276,7 @@ def load_source_fetches(records, kind: str, wh: Warehouse, ctx: load.RunContext)
     return wh.load_batch(batch_id, ctx.run_id, {"fetch_log": rows})
 
 
-@task(name="record-run", **_TASK)
+@batch_task("record-run")
 def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, status: str) -> None:
     counts = summary.counts()
     wh.record_run(
@@ -259,22 +297,22 @@ def record_run(wh: Warehouse, ctx: load.RunContext, summary: load.RunSummary, st
     wh.export_snapshots()
 
 
-@task(name="select-reextraction", **_TASK)
+@batch_task("select-reextraction")
 def select_reextraction(wh: Warehouse, since, until, feed_url: str | None) -> list[reextract.Candidate]:
     return [reextract.Candidate(*row) for row in wh.reextraction_candidates(since, until, feed_url)]
 
 
-@task(name="read-raw-pages", **_TASK)
+@batch_task("read-raw-pages")
 def read_raw_pages(storage: Path | Storage, candidates: Sequence[reextract.Candidate]):
     return reextract.raw_jobs(storage, candidates)
 
 
-@task(name="extract-raw-pages", **_TASK)
+@batch_task("extract-raw-pages")
 def extract_raw_pages(jobs: Sequence[ExtractJob], pool: ExtractorPool) -> list:
     return extract_batch(list(jobs), pool)
 
 
-@task(name="apply-reextraction", **_TASK)
+@batch_task("apply-reextraction")
 def apply_reextraction(wh: Warehouse, extracted, ctx: load.RunContext) -> int:
     batch_id = ctx.next_batch_id()
     current = wh.articles_with_entry([e.key for e in extracted])

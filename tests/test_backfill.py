@@ -228,6 +228,10 @@ def _slow_site(site, stories, delay: float):
         site.routes[f"/a/{s.slug}.html"].delay = delay
 
 
+def _article_files(data) -> int:
+    return len(list((data / "parquet" / "articles").rglob("*.parquet")))
+
+
 def test_killed_backfill_resumes_and_ends_as_if_run_once(prefect_api, tmp_path, archive_site):
     urls = tmp_path / "urls.txt"
     urls.write_text("\n".join(archive_site.page_url(s) for s in archive_site.stories) + "\n")
@@ -236,9 +240,12 @@ def test_killed_backfill_resumes_and_ends_as_if_run_once(prefect_api, tmp_path, 
     env = subprocess_env(prefect_api, data, NEWSFLOW_BATCH_SIZE="2")
     args = NEWSFLOW + ["backfill", "--urls", str(urls), "--data-dir", str(data)]
     killed = 0
-    for delay in (4.5, 3.0):  # kill twice, at different points
+    for _ in range(2):  # kill twice, each time just after the run's first batch is stored
+        stored = _article_files(data)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _article_files(data) == stored and time.monotonic() < deadline:
+            time.sleep(0.02)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             killed += 1

@@ -287,3 +287,58 @@ def test_extraction_in_a_process_pool_gives_the_same_rows(
     assert (
         query(pooled_dir, "SELECT article_id, text, title, content_hash FROM articles ORDER BY 1") == serial
     )
+
+
+def test_batches_are_smaller_at_both_ends_of_a_long_run_and_cover_every_page_once():
+    from flows.pipeline import batch_sizes
+
+    sizes = batch_sizes(974, 200)
+    assert sizes == [25, 50, 100, 156, 156, 156, 156, 100, 50, 25]
+    assert batch_sizes(200, 200) == [200]  # a run that fits one batch stays one batch
+    assert batch_sizes(0, 200) == []
+    assert batch_sizes(30, 10) == [10, 10, 10]  # never below 25 pages (nor above the size)
+    for total in (1, 199, 201, 263, 1000, 4321):
+        for size in (10, 50, 200, 1000):
+            got = batch_sizes(total, size)
+            assert sum(got) == total and all(0 < n <= size for n in got), (total, size, got)
+
+
+class _CountingList(list):
+    """A batch that counts how often it is walked."""
+
+    iterations = 0
+
+    def __iter__(self):
+        _CountingList.iterations += 1
+        return super().__iter__()
+
+
+def test_batch_tasks_get_their_arguments_without_prefect_walking_them(prefect_api):
+    from prefect import flow, task
+
+    from tasks.prefect_tasks import batch_task
+
+    @batch_task("count-pages")
+    def count_pages(pages):
+        return len(pages)
+
+    @task
+    def count_pages_plain(pages):
+        return len(pages)
+
+    @flow
+    def count_flow():
+        pages = _CountingList([b"<html>page</html>"] * 5)
+        walked = []
+        for call in (
+            lambda: count_pages(pages),
+            lambda: count_pages.submit(pages).result(),
+            lambda: count_pages_plain(pages),
+        ):
+            _CountingList.iterations = 0
+            walked.append((call(), _CountingList.iterations))
+        return walked
+
+    by_batch_task, submitted, by_plain_task = count_flow()
+    assert by_batch_task == (5, 0) and submitted == (5, 0)
+    assert by_plain_task[0] == 5 and by_plain_task[1] > 0  # what a plain task costs: the walk

@@ -576,3 +576,21 @@ def test_a_writer_that_died_has_its_secondary_indexes_rebuilt(tmp_path, ctx):
             > 0
         )
     assert not (data / OPEN_MARKER).exists()
+
+
+def test_the_raw_archive_gzip_level_trades_size_for_time_and_reads_back_the_same(tmp_path):
+    from tasks.load import archive_raw
+
+    html = b"".join(
+        b"<p>Paragraph %d of a long article, with words that repeat.</p>\n" % i for i in range(3000)
+    )
+    pages = [
+        _result(f"https://courier.example/news/p{i}.html", DAY1, body=html + bytes([i])) for i in range(4)
+    ]
+    sizes = {}
+    for level in (1, 9):
+        data = tmp_path / f"level{level}"
+        refs = archive_raw(data, f"B{level}", pages, level)
+        sizes[level] = sum(f.stat().st_size for f in (data / "raw").rglob("*.warc.gz"))
+        assert [read_raw_record(data, path, offset)[2] for path, offset in refs] == [p.body for p in pages]
+    assert sizes[9] < sizes[1]

@@ -26,11 +26,12 @@ from warehouse.storage import Storage, as_storage
 
 # The body we keep is decoded; these headers would describe the wire form, not what is stored.
 _WIRE_HEADERS = {"content-encoding", "transfer-encoding", "content-length"}
-_GZIP_LEVEL = 6
+DEFAULT_GZIP_LEVEL = 3  # Settings.raw_gzip_level: why 3
 
 
 class RawArchiveWriter:
-    def __init__(self, location: Path | Storage, relative_path: str):
+    def __init__(self, location: Path | Storage, relative_path: str, level: int = DEFAULT_GZIP_LEVEL):
+        self.level = level
         self.storage = as_storage(location)
         self.relative_path = relative_path
         if self.storage.local:
@@ -43,8 +44,8 @@ class RawArchiveWriter:
         self._fh = open(self._tmp, "wb")
         self._buffer = io.BytesIO()
         # Records are serialised uncompressed, then gzipped here one member per record (the WARC
-        # convention, so a record can be read from its offset). warcio would use zlib level 9:
-        # about 3x slower than level 6 on HTML for a file a few per cent smaller.
+        # convention, so a record can be read from its offset) at ``level``: warcio would use
+        # zlib level 9, several times slower on HTML for a file a few per cent smaller.
         self._writer = WARCWriter(self._buffer, gzip=False)
         self.records = 0
 
@@ -74,7 +75,7 @@ class RawArchiveWriter:
         self._buffer.seek(0)
         self._buffer.truncate()
         self._writer.write_record(record)
-        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS + 16)
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, zlib.MAX_WBITS + 16)
         offset = self._fh.tell()
         self._fh.write(compressor.compress(self._buffer.getbuffer()) + compressor.flush())
         self.records += 1
