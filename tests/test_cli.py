@@ -225,3 +225,13 @@ def test_demo(prefect_api, tmp_path):
     assert set(phrases) == set(texts)
     leaks = {slug: [p for p in ps if p.lower() in texts[slug].lower()] for slug, ps in phrases.items()}
     assert not any(leaks.values()), leaks
+
+
+def test_malloc_arenas_are_capped_on_glibc():
+    import platform
+
+    from newsflow.cli import limit_malloc_arenas
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert limit_malloc_arenas() is True
