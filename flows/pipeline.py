@@ -22,9 +22,8 @@ from tasks.extract import ExtractorPool
 from tasks.load import RunContext, RunSummary
 from warehouse import hosts
 from warehouse.storage import resolve_storage
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, chunks
 
-MIN_RAMP_BATCH = 25
 Session = Callable[[], AbstractContextManager[Warehouse]]
 Progress = Callable[[int, int], None]  # (pages done, pages in total)
 
@@ -50,11 +49,11 @@ def process_pages(
     and stored pages whose ``changed_at`` is later than their last fetch. A stored page fetched
     again becomes a new version of its article when its text changed, else nothing but its fetch.
     """
-    jobs = list(jobs)
-    batches, start = [], 0
-    for size in batch_sizes(len(jobs), settings.batch_size):
-        batches.append(jobs[start : start + size])
-        start += size
+    # Batches of equal size: smaller first and last batches (25, 50, 100 ... 100, 50, 25) were
+    # measured and dropped. They shortened the waits at both ends of a CPU-bound poll (0.6 s of
+    # 23 s) but each batch's fetch ends with its slowest host, and in the fetch-bound poll of
+    # benchmarks/growth.py the five extra batches cost 4.4 s (fetch-pages 12.1 -> 16.5 s).
+    batches = [list(b) for b in chunks(list(jobs), settings.batch_size)]
     # Where the raw archive goes (the writer that opened the warehouse has recorded it).
     storage = resolve_storage(settings.data_dir, settings.storage_url)
     total = len(jobs)
@@ -128,37 +127,6 @@ def process_pages(
         pending = current
     finish(pending)
     save_politeness(politeness, session)
-
-
-def batch_sizes(total: int, size: int, smallest: int | None = None) -> list[int]:
-    """How many pages each batch takes: at most ``size``, smaller at both ends of the run.
-
-    The extraction workers are idle until the first batch is fetched, and after the last batch
-    is extracted only its dedup and load are left to do; small first and last batches (doubling
-    from ``smallest``, default size/8 but at least 25, up to ``size`` and halving back) shorten
-    both waits. The middle batches share what is left evenly. On the 974-page poll of
-    benchmarks/throughput.py (batches 25, 50, 100, 4 x 156, 100, 50, 25 instead of 4 x 200, 174)
-    the wait for the first batch went from 0.49 to 0.19 s and the work after the last
-    extraction from 0.95 to 0.4-0.6 s."""
-    if total <= size:  # one batch: a small run is not split into more files and task runs
-        return [total] if total > 0 else []
-    # Not below 25 pages: a smaller batch costs its five task runs and files for little gain.
-    smallest = smallest or min(size, max(MIN_RAMP_BATCH, size // 8))
-    front: list[int] = []
-    back: list[int] = []
-    left = total
-    step = smallest
-    while step < size and left > 0:
-        for ramp in (front, back):
-            if left > 0:
-                ramp.append(min(step, left))
-                left -= ramp[-1]
-        step *= 2
-    middle: list[int] = []
-    if left > 0:
-        parts = -(-left // size)  # ceil
-        middle = [left // parts + (1 if i < left % parts else 0) for i in range(parts)]
-    return front + middle + back[::-1]
 
 
 def submit_extraction(results, pool: ExtractorPool | DaskExtractor):

@@ -289,20 +289,6 @@ def test_extraction_in_a_process_pool_gives_the_same_rows(
     )
 
 
-def test_batches_are_smaller_at_both_ends_of_a_long_run_and_cover_every_page_once():
-    from flows.pipeline import batch_sizes
-
-    sizes = batch_sizes(974, 200)
-    assert sizes == [25, 50, 100, 156, 156, 156, 156, 100, 50, 25]
-    assert batch_sizes(200, 200) == [200]  # a run that fits one batch stays one batch
-    assert batch_sizes(0, 200) == []
-    assert batch_sizes(30, 10) == [10, 10, 10]  # never below 25 pages (nor above the size)
-    for total in (1, 199, 201, 263, 1000, 4321):
-        for size in (10, 50, 200, 1000):
-            got = batch_sizes(total, size)
-            assert sum(got) == total and all(0 < n <= size for n in got), (total, size, got)
-
-
 class _CountingList(list):
     """A batch that counts how often it is walked."""
 
