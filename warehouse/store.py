@@ -230,8 +230,7 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
 OPEN_MARKER = ".writer-open"
 # The CREATE INDEX indexes of the migrations (constraint indexes excluded), to make again after a
 # writer died. Named here, not read from the catalogue: a rebuild cut short must still know them.
-SECONDARY_INDEXES = {
-    "entries_feed": ("entries", "CREATE INDEX entries_feed ON entries (feed_url)"),
+SECONDARY_INDEXES = {  # entries_feed was dropped by migration 012
     "extraction_history_article": (
         "extraction_history",
         "CREATE INDEX extraction_history_article ON extraction_history (article_id)",
