@@ -314,10 +314,11 @@ MALLOC_ARENAS = 2
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas for this process (what MALLOC_ARENA_MAX does), before its threads
-    start. glibc gives threads up to 8 arenas per core, each keeping the memory it once held:
-    in a 12,000-page backfill (benchmarks/memory.py) the command's resident memory grew by
-    64 MiB over its last 8,000 pages with the default, 34 MiB with 2 arenas (of which 13 MiB
-    are DuckDB's indexes growing with the rows the run adds). False where there is no glibc."""
+    start. glibc gives threads up to 8 arenas per core, each keeping the memory it once held.
+    benchmarks/memory.py: the 50,000-page backfill peaked at 1,091 MiB before, 1,052 MiB with
+    2 arenas; in a 12,000-page backfill run inside one process with its test sites (whose
+    threads start first), the growth over its last 8,000 pages went from 64 to 34 MiB with
+    MALLOC_ARENA_MAX=2. False where there is no glibc."""
     import ctypes
     import ctypes.util
 
