@@ -320,11 +320,10 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     threads start first), the growth over its last 8,000 pages went from 64 to 34 MiB with
     MALLOC_ARENA_MAX=2. False where there is no glibc."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+        # The process's own symbols (libc among them): find_library would run ldconfig at start-up.
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
     except (OSError, AttributeError):
         return False
 
