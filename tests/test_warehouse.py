@@ -199,6 +199,27 @@ def test_two_batches_two_files_same_partition(tmp_path, ctx):
     assert _parquet_count(data, "articles") == 5
 
 
+SQL_ROW_GROUPS = """
+    SELECT row_group_id, sum(count) AS rows FROM pragma_storage_info('articles')
+    WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY row_group_id ORDER BY row_group_id
+"""
+
+
+def test_writers_append_in_small_row_groups_that_later_writers_keep(tmp_path, ctx, monkeypatch):
+    # A checkpoint rewrites the row group that a batch appended to, whole: the groups must stay
+    # small however many batches come, each batch from a new writer, as a backfill opens them.
+    import warehouse.store
+
+    monkeypatch.setattr(warehouse.store, "ROW_GROUP_SIZE", 2048)  # the smallest DuckDB allows
+    data = tmp_path / "data"
+    for b in range(5):
+        with Warehouse(data) as wh:
+            wh.load_batch(f"B{b:04}", ctx.run_id, make_rows(ctx, f"B{b:04}", 600, DAY1, prefix=f"b{b}-"))
+    con = connect(data / "newsflow.duckdb", read_only=True)
+    groups = [rows for _, rows in con.execute(SQL_ROW_GROUPS).fetchall()]
+    assert sum(groups) == 3000 and len(groups) >= 2 and max(groups) <= 2048, groups
+
+
 def test_load_batch_only_present_tables(tmp_path, ctx):
     data = tmp_path / "data"
     rows = make_rows(ctx, "B0001", 2, DAY1)

@@ -20,7 +20,7 @@ and reading the candidates' texts, scattered over the whole table, was 1.5 s of 
 So the build replaces its postings table with the same postings plus each word's position in its
 text (:data:`SQL_POSITIONAL_TERMS`: the same rows, checked by the tests through ``match_bm25``),
 and a search asks for the texts where the phrase's terms stand at the phrase's own distances from
-one another: 1,0xx candidates instead of 6,325 there.
+one another: 1,011 candidates instead of 6,325 there.
 
 Why the index never misses an article the scan finds: a text holding the phrase as whole words
 holds, at that place, the very words of the phrase, separated by characters that are neither
